@@ -1,0 +1,182 @@
+"""Image sources (a folder of images, or a TFDS data set) and the PIRL input pipeline.
+
+A `Source` is a list of keys (file paths, or encoded image bytes for TFDS) with a stable
+example index 0..N-1 (the memory-bank row) and a TF function that decodes a key to a uint8
+RGB image. The pipeline, entirely tf.data with TF ops:
+
+    per epoch e: keys shuffled with seed (seed, e), the first steps * batch taken
+    -> parallel map: decode, image view, jigsaw view, with a per-example seed (seed, e, position)
+    -> batch (global, drop remainder) -> prefetch
+
+so the stream of batches is reproducible under --seed, and a resumed run sees exactly the
+epochs it would have seen without the interruption.
+"""
+
+import dataclasses
+import logging
+import os
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from mobile_pirl_tf import UsageError, views
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# TFDS names -> the split used for unlabelled pretraining.
+PRETRAIN_SPLITS = {"stl10": "unlabelled"}
+TFDS_SHUFFLE_BUFFER = 10_000
+
+
+@dataclasses.dataclass
+class Source:
+    """`keys` are strings; key i belongs to example (memory-bank row) i."""
+    name: str
+    keys: tf.data.Dataset
+    num_examples: int
+    decode: Callable[[tf.Tensor], tf.Tensor]
+    shuffle_buffer: int
+    skipped: int = 0
+
+
+def decode_image(encoded):
+    """Encoded JPEG / PNG / BMP / GIF (first frame) / WebP bytes -> uint8 [H, W, 3].
+
+    Greyscale, RGBA and palette images become RGB.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _read_and_decode(path):
+    return decode_image(tf.io.read_file(path))
+
+
+def _is_readable_image(path):
+    """Cheap integrity check (header + structure, no full decode) with Pillow."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not an image we can use"
+        return False
+
+
+def list_image_files(root):
+    """Sorted image files under `root` (any nesting) and counts of what was skipped."""
+    if not os.path.isdir(root):
+        raise UsageError(f"--data_dir={root} is not a directory")
+    files, not_images, corrupt = [], 0, 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                not_images += 1
+            elif _is_readable_image(path):
+                files.append(path)
+            else:
+                corrupt += 1
+    return files, not_images, corrupt
+
+
+def folder_source(root):
+    files, not_images, corrupt = list_image_files(root)
+    if not files:
+        raise UsageError(f"--data_dir={root} holds no readable image "
+                         f"({', '.join(IMAGE_EXTENSIONS)}); {corrupt} corrupt, {not_images} other files")
+    if corrupt or not_images:
+        logging.warning("%s: using %d images; skipped %d corrupt image files and %d non-image files",
+                        root, len(files), corrupt, not_images)
+    else:
+        logging.info("%s: %d images", root, len(files))
+    return Source(name=os.path.abspath(root), keys=tf.data.Dataset.from_tensor_slices(files),
+                  num_examples=len(files), decode=_read_and_decode, shuffle_buffer=len(files),
+                  skipped=corrupt + not_images)
+
+
+def tfds_builder(name, data_dir=None, manual_dir=None):
+    """A prepared TFDS builder, or a one-line `UsageError` saying what to do (no downloads here)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # unknown name, bad config
+        raise UsageError(f"unknown TFDS data set {name!r} ({type(e).__name__}); "
+                         "use a name from `tfds.list_builders()` or --data_dir=PATH") from None
+    if builder.is_prepared():
+        return builder
+    if manual_dir:
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+            return builder
+        except Exception as e:  # noqa: BLE001
+            raise UsageError(f"could not prepare TFDS {name!r} from --tfds_manual_dir={manual_dir}: "
+                             f"{str(e).splitlines()[0][:200]}") from None
+    raise UsageError(
+        f"TFDS data set {name!r} is not prepared in {builder.data_dir} and cannot be downloaded "
+        "here; prepare it on a machine with internet (`tfds build " + name + "`) and pass "
+        "--tfds_data_dir, or use --data_dir=PATH with a folder of images")
+
+
+def tfds_source(name, split=None, data_dir=None, manual_dir=None):
+    import tensorflow_datasets as tfds
+
+    builder = tfds_builder(name, data_dir, manual_dir)
+    split = split or PRETRAIN_SPLITS.get(name.split("/")[0], "train")
+    if split not in builder.info.splits:
+        raise UsageError(f"TFDS {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    keys = ds.map(lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE)
+    num = builder.info.splits[split].num_examples
+    return Source(name=f"tfds:{name}:{split}", keys=keys, num_examples=num, decode=decode_image,
+                  shuffle_buffer=min(num, TFDS_SHUFFLE_BUFFER))
+
+
+def make_source(dataset="stl10", data_dir=None, tfds_data_dir=None, tfds_manual_dir=None):
+    """A folder source when `data_dir` is given, else the TFDS data set `dataset`."""
+    if data_dir:
+        return folder_source(data_dir)
+    return tfds_source(dataset, data_dir=tfds_data_dir, manual_dir=tfds_manual_dir)
+
+
+def example_seed(seed, epoch, position):
+    """The [2] int64 seed of one example's views."""
+    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
+
+
+def pirl_views(image, index, seed, image_size):
+    """One training element: {"image": v_I, "patches": v_I^t, "index": i}."""
+    image_seed, jigsaw_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    patches, _ = views.jigsaw_view(image, image_size, jigsaw_seed)
+    return {"image": views.image_view(image, image_size, image_seed), "patches": patches,
+            "index": index}
+
+
+def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch, seed=0,
+                        first_epoch=0, last_epoch: Optional[int] = None):
+    """Batches for epochs [first_epoch, last_epoch) (forever when last_epoch is None)."""
+    examples_per_epoch = steps_per_epoch * batch_size
+    indexed = tf.data.Dataset.zip(source.keys, tf.data.Dataset.range(source.num_examples))
+
+    def epoch_elements(epoch):
+        shuffled = indexed.shuffle(source.shuffle_buffer, seed=seed * 1_000_003 + epoch,
+                                   reshuffle_each_iteration=False).take(examples_per_epoch)
+        return shuffled.enumerate().map(
+            lambda position, key_index: (key_index[0], key_index[1], example_seed(seed, epoch, position)))
+
+    epochs = (tf.data.Dataset.range(first_epoch, last_epoch) if last_epoch is not None
+              else tf.data.Dataset.range(first_epoch, 2**62))
+    elements = epochs.flat_map(epoch_elements)
+    ds = elements.map(lambda key, index, s: pirl_views(source.decode(key), index, s, image_size),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # A file that passed the integrity scan but still fails to decode is dropped, not fatal.
+    ds = ds.ignore_errors(log_warning=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,275 @@
+"""PIRL pretraining: configuration, strategy, checkpoint / resume, `model.fit`.
+
+`train(config)` is what `python train.py` runs. A run lives in `model_dir`:
+
+    config.json        the configuration (a different one is refused, never overwritten)
+    checkpoints/       tf.train checkpoints, one per epoch: weights, optimizer, memory bank, epoch
+    logs/              TensorBoard: each loss term, learning rate, bank statistics
+    encoder.keras      the backbone alone (no heads), input [image_size, image_size, 3] pixels
+    run.json           flags, epochs done, final loss terms, wall time
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mobile_pirl_tf import UsageError, backbones, data, heads, losses, pirl, views
+
+STRATEGIES = ("default", "mirrored")
+# Fields that may change between a run and its resumption.
+RESUMABLE_FIELDS = ("epochs", "model_dir", "verbose")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    backbone: str = "efficientnetb0"
+    image_size: int = 224
+    width: float = 1.0
+    head: str = "linear"
+    embedding_dim: int = 128
+    loss: str = "nce"
+    num_negatives: int = 32000
+    shared_negatives: bool = False
+    temperature: float = 0.07
+    pirl_lambda: float = 0.5
+    bank_momentum: float = 0.5
+    epochs: int = 200
+    batch_size: int = 256
+    steps_per_epoch: Optional[int] = None
+    learning_rate: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    dataset: str = "stl10"
+    data_dir: Optional[str] = None
+    tfds_data_dir: Optional[str] = None
+    tfds_manual_dir: Optional[str] = None
+    model_dir: str = "runs/pirl"
+    strategy: str = "default"
+    verbose: Optional[int] = None
+
+    def validate(self):
+        backbones.check_backbone(self.backbone, self.width)
+        checks = [
+            (self.head in heads.HEAD_KINDS, f"--head must be one of {', '.join(heads.HEAD_KINDS)}"),
+            (self.loss in losses.LOSSES, f"--loss must be one of {', '.join(losses.LOSSES)}"),
+            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
+            (self.image_size >= 32, f"--image_size must be at least 32, got {self.image_size}"),
+            (self.batch_size >= 1, f"--batch_size must be positive, got {self.batch_size}"),
+            (self.epochs >= 1, f"--epochs must be positive, got {self.epochs}"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+             "--steps_per_epoch must be positive"),
+            (self.num_negatives >= 1, "--num_negatives must be positive"),
+            (self.temperature > 0, "--temperature must be positive"),
+            (0 <= self.pirl_lambda <= 1, "--pirl_lambda must be in [0, 1]"),
+            (0 <= self.bank_momentum < 1, "--bank_momentum must be in [0, 1)"),
+            (self.learning_rate > 0, "--learning_rate must be positive"),
+            (self.embedding_dim >= 1, "--embedding_dim must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        return self
+
+    def lr_for_batch(self):
+        """The linear scaling rule of the recipe: learning_rate per 256 images."""
+        return self.learning_rate * self.batch_size / 256
+
+
+def make_strategy(name):
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_pirl(config, num_examples, backbone=None):
+    """The PIRL model with its optimizer (SGD momentum, cosine decay to 1/1000), compiled."""
+    backbone = backbone or backbones.build_backbone(config.backbone, config.width)
+    model = pirl.PIRL(
+        backbone, num_examples, embedding_dim=config.embedding_dim, head=config.head,
+        num_negatives=config.num_negatives, temperature=config.temperature,
+        pirl_lambda=config.pirl_lambda, bank_momentum=config.bank_momentum, loss=config.loss,
+        weight_decay=config.weight_decay, shared_negatives=config.shared_negatives,
+        seed=config.seed, name="pirl")
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=config.lr_for_batch(),
+                                                 momentum=config.momentum))
+    return model
+
+
+def build_variables(model, config):
+    """Creates every model and optimizer variable (so a checkpoint restores into them)."""
+    patch = views.jigsaw_geometry(config.image_size).patch_input
+    model({"image": tf.zeros([1, config.image_size, config.image_size, 3]),
+           "patches": tf.zeros([1, views.NUM_PATCHES, patch, patch, 3])})
+    model.optimizer.build(model.trainable_variables)
+
+
+def set_schedule(model, config, total_steps):
+    model.optimizer.learning_rate = keras.optimizers.schedules.CosineDecay(
+        config.lr_for_batch(), decay_steps=max(total_steps, 1), alpha=1e-3)
+
+
+def make_checkpoint(model, epoch_variable):
+    """A tf.train.Checkpoint of the model weights (backbone, heads, memory bank, log Z), the
+    optimizer state and the epoch. Keras 3 models and optimizers do not checkpoint as objects,
+    so their variables are listed by position (fixed by the model's construction) and path."""
+    def named(variables):
+        return {f"{i:04d}.{v.path.replace('/', '.')}": v.value for i, v in enumerate(variables)}
+
+    return tf.train.Checkpoint(model=named(model.weights), optimizer=named(model.optimizer.variables),
+                               epoch=epoch_variable)
+
+
+def _comparable(config_dict):
+    return {k: v for k, v in config_dict.items() if k not in RESUMABLE_FIELDS}
+
+
+def prepare_model_dir(config, num_examples):
+    """Creates or checks model_dir. Returns True when it holds a run to resume."""
+    path = os.path.join(config.model_dir, "config.json")
+    wanted = {**dataclasses.asdict(config), "num_examples": num_examples}
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        diff = sorted(k for k in set(_comparable(stored)) | set(_comparable(wanted))
+                      if stored.get(k) != wanted.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
+            raise UsageError(f"--model_dir={config.model_dir} holds a run with another "
+                             f"configuration ({shown}); use a new --model_dir")
+        return True
+    if os.path.isdir(config.model_dir) and os.listdir(config.model_dir):
+        raise UsageError(f"--model_dir={config.model_dir} is not empty and holds no Mobile-PIRL "
+                         "run (no config.json); use a new or empty folder")
+    os.makedirs(config.model_dir, exist_ok=True)
+    _write_json(path, wanted)
+    return False
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves weights, optimizer, memory bank and the epoch after every finished epoch.
+
+    A non-finite loss stops training with a clear error and saves nothing, so the last good
+    checkpoint stays the one a rerun resumes from.
+    """
+
+    def __init__(self, manager, epoch_variable):
+        super().__init__()
+        self.manager, self.epoch_variable = manager, epoch_variable
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"the loss became {float(loss)} at step {batch + 1} of epoch "
+                f"{int(self.epoch_variable.numpy()) + 1}; nothing was saved for this epoch and the "
+                "last checkpoint is intact; lower --learning_rate and rerun to resume")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_variable.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
+def _progress_verbosity(config):
+    if config.verbose is not None:
+        return config.verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+def train(config: TrainConfig, backbone_fn=None):
+    """Pretrains with PIRL and returns the run summary (also written to run.json).
+
+    `backbone_fn` (tests only) replaces the named backbone by a builder of any Keras model.
+    """
+    config.validate()
+    started = time.time()
+    source = data.make_source(config.dataset, config.data_dir, config.tfds_data_dir,
+                              config.tfds_manual_dir)
+    steps_per_epoch = source.num_examples // config.batch_size
+    if steps_per_epoch == 0:
+        raise UsageError(f"--batch_size={config.batch_size} is larger than the data set "
+                         f"({source.num_examples} images); lower it")
+    if config.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    resuming = prepare_model_dir(config, source.num_examples)
+
+    strategy = make_strategy(config.strategy)
+    logging.info("strategy %s with %d replica(s), %d examples, %d steps per epoch",
+                 type(strategy).__name__, strategy.num_replicas_in_sync, source.num_examples,
+                 steps_per_epoch)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise UsageError(f"--batch_size={config.batch_size} must be a multiple of the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    with strategy.scope():
+        model = build_pirl(config, source.num_examples,
+                           backbone=backbone_fn() if backbone_fn else None)
+        set_schedule(model, config, config.epochs * steps_per_epoch)
+        build_variables(model, config)
+        epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = make_checkpoint(model, epoch_variable)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.model_dir, "checkpoints"),
+                                         max_to_keep=3)
+    initial_epoch = 0
+    if resuming and manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        initial_epoch = int(epoch_variable.numpy())
+        logging.info("resuming %s at epoch %d", manager.latest_checkpoint, initial_epoch)
+
+    history_logs = {}
+    if initial_epoch < config.epochs:
+        dataset = data.pretraining_dataset(source, config.image_size, config.batch_size,
+                                           steps_per_epoch, config.seed, initial_epoch, config.epochs)
+        callbacks = [
+            EpochCheckpoint(manager, epoch_variable),
+            keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"), update_freq="epoch"),
+        ]
+        history = model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
+                            steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
+                            verbose=_progress_verbosity(config))
+        history_logs = {k: float(v[-1]) for k, v in history.history.items()}
+
+    encoder = backbones.build_encoder(model.backbone, config.image_size)
+    encoder_path = os.path.join(config.model_dir, "encoder.keras")
+    tmp_path = os.path.join(config.model_dir, "encoder.tmp.keras")
+    encoder.save(tmp_path)
+    os.replace(tmp_path, encoder_path)
+
+    summary = {
+        "config": dataclasses.asdict(config),
+        "num_examples": source.num_examples,
+        "skipped_files": source.skipped,
+        "steps_per_epoch": steps_per_epoch,
+        "replicas": strategy.num_replicas_in_sync,
+        "epochs_done": int(epoch_variable.numpy()),
+        "resumed_from_epoch": initial_epoch,
+        "final": history_logs or _previous_final(config.model_dir),
+        "wall_time_seconds": round(time.time() - started, 2),
+        "encoder": encoder_path,
+    }
+    _write_json(os.path.join(config.model_dir, "run.json"), summary)
+    return summary
+
+
+def _previous_final(model_dir):
+    path = os.path.join(model_dir, "run.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f).get("final", {})
+    return {}
