@@ -99,44 +99,56 @@ def folder_source(root):
                   skipped=corrupt + not_images)
 
 
-def tfds_builder(name, data_dir=None, manual_dir=None):
-    """A prepared TFDS builder, or a one-line `UsageError` saying what to do (no downloads here)."""
+def _not_prepared(name, builder):
+    return UsageError(
+        f"TFDS data set {name!r} is not prepared in {builder.data_dir} and cannot be downloaded "
+        f"here; prepare it on a machine with internet (`tfds build {name}`) and pass "
+        "--tfds_data_dir, or use --data_dir=PATH with a folder of images")
+
+
+def tfds_dataset(name, split, data_dir=None, manual_dir=None):
+    """(encoded-image dataset of `split`, builder) of a prepared TFDS data set.
+
+    Nothing is downloaded: a data set that is not prepared gives a one-line `UsageError`
+    saying what to do, except imagenet2012-style ones prepared from `manual_dir`.
+    """
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # unknown name, bad config
+    except Exception as e:  # unknown name or config
         raise UsageError(f"unknown TFDS data set {name!r} ({type(e).__name__}); "
                          "use a name from `tfds.list_builders()` or --data_dir=PATH") from None
-    if builder.is_prepared():
-        return builder
-    if manual_dir:
+    if manual_dir and not builder.is_prepared():
         try:
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-            return builder
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"could not prepare TFDS {name!r} from --tfds_manual_dir={manual_dir}: "
                              f"{str(e).splitlines()[0][:200]}") from None
-    raise UsageError(
-        f"TFDS data set {name!r} is not prepared in {builder.data_dir} and cannot be downloaded "
-        "here; prepare it on a machine with internet (`tfds build " + name + "`) and pass "
-        "--tfds_data_dir, or use --data_dir=PATH with a folder of images")
+    splits = builder.info.splits
+    if splits and split not in splits:
+        raise UsageError(f"TFDS {name!r} has no split {split!r}; it has {sorted(splits)}")
+    try:
+        ds = builder.as_dataset(split=split, shuffle_files=False,
+                                decoders={"image": tfds.decode.SkipDecoding()})
+    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError):
+        raise _not_prepared(name, builder) from None
+    return ds, builder
 
 
 def tfds_source(name, split=None, data_dir=None, manual_dir=None):
-    import tensorflow_datasets as tfds
-
-    builder = tfds_builder(name, data_dir, manual_dir)
     split = split or PRETRAIN_SPLITS.get(name.split("/")[0], "train")
-    if split not in builder.info.splits:
-        raise UsageError(f"TFDS {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds, builder = tfds_dataset(name, split, data_dir, manual_dir)
     keys = ds.map(lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE)
-    num = builder.info.splits[split].num_examples
+    if split in builder.info.splits:
+        num = builder.info.splits[split].num_examples
+    else:  # e.g. under tfds.testing.mock_data
+        num = int(keys.cardinality())
+        if num < 0:
+            num = int(keys.reduce(0, lambda count, _: count + 1))
     return Source(name=f"tfds:{name}:{split}", keys=keys, num_examples=num, decode=decode_image,
-                  shuffle_buffer=min(num, TFDS_SHUFFLE_BUFFER))
+                  shuffle_buffer=max(1, min(num, TFDS_SHUFFLE_BUFFER)))
 
 
 def make_source(dataset="stl10", data_dir=None, tfds_data_dir=None, tfds_manual_dir=None):

@@ -23,12 +23,19 @@ MASKED_LOGIT = -1e9
 LOSSES = ("nce", "infonce")
 
 
-def nce_partition(pos_logits, neg_logits, num_examples):
-    """VISSL's Z estimate: mean of exp(s) over positives and negatives, times |D|."""
+def nce_partition_terms(pos_logits, neg_logits):
+    """(sum of exp(s), number of logits) over the positives and unmasked negatives; summed over
+    replicas they give the global-batch Z estimate."""
     exp = tf.concat([tf.exp(pos_logits)[:, None], tf.exp(neg_logits)], axis=1)
     valid = tf.concat([tf.ones_like(pos_logits)[:, None],
                        tf.cast(neg_logits > MASKED_LOGIT / 2, exp.dtype)], axis=1)
-    return tf.reduce_sum(exp * valid) / tf.reduce_sum(valid) * num_examples
+    return tf.reduce_sum(exp * valid), tf.reduce_sum(valid)
+
+
+def nce_partition(pos_logits, neg_logits, num_examples):
+    """VISSL's Z estimate: mean of exp(s) over positives and negatives, times |D|."""
+    total, count = nce_partition_terms(pos_logits, neg_logits)
+    return total / count * num_examples
 
 
 def nce_loss(pos_logits, neg_logits, log_z, num_examples):

@@ -119,10 +119,10 @@ class PIRL(keras.Model):
                                self.num_examples)
 
     def maybe_set_partition(self, pos_logits, neg_logits, ctx):
-        """On the first batch only, fix log Z from the mean over all replicas (VISSL)."""
-        z = losses.nce_partition(tf.stop_gradient(pos_logits), tf.stop_gradient(neg_logits),
-                                 self.num_examples)
-        z = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, z)
+        """On the first batch only, fix log Z from the whole global batch (VISSL)."""
+        terms = losses.nce_partition_terms(tf.stop_gradient(pos_logits), tf.stop_gradient(neg_logits))
+        total, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(terms))
+        z = total / count * self.num_examples
         ready = self.z_ready.value > 0
         self.log_z.assign(tf.where(ready, self.log_z.value, tf.math.log(z)))
         self.z_ready.assign(1.0)

@@ -119,14 +119,36 @@ def set_schedule(model, config, total_steps):
 
 
 def make_checkpoint(model, epoch_variable):
-    """A tf.train.Checkpoint of the model weights (backbone, heads, memory bank, log Z), the
-    optimizer state and the epoch. Keras 3 models and optimizers do not checkpoint as objects,
-    so their variables are listed by position (fixed by the model's construction) and path."""
-    def named(variables):
-        return {f"{i:04d}.{v.path.replace('/', '.')}": v.value for i, v in enumerate(variables)}
+    """A tf.train.Checkpoint of the model weights, the memory bank, the optimizer state and the
+    epoch. Keras 3 models and optimizers do not checkpoint as objects, so their variables are
+    keyed by position, which the model's construction fixes (Keras' auto-generated names are
+    not stable across processes). The memory bank is also kept under its own name."""
+    def by_position(variables):
+        return {f"v{i:04d}": v.value for i, v in enumerate(variables)}
 
-    return tf.train.Checkpoint(model=named(model.weights), optimizer=named(model.optimizer.variables),
+    bank = model.bank.rows
+    weights = [v for v in model.weights if v is not bank]
+    return tf.train.Checkpoint(model=by_position(weights), memory_bank=bank.value,
+                               optimizer=by_position(model.optimizer.variables),
                                epoch=epoch_variable)
+
+
+def open_run(config, num_examples, steps_per_epoch, strategy, backbone_fn=None):
+    """Builds the model under `strategy` and restores the latest checkpoint of model_dir, if any.
+
+    Returns (model, epoch variable = epochs already done, checkpoint manager).
+    """
+    with strategy.scope():
+        model = build_pirl(config, num_examples, backbone=backbone_fn() if backbone_fn else None)
+        set_schedule(model, config, config.epochs * steps_per_epoch)
+        build_variables(model, config)
+        epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    manager = tf.train.CheckpointManager(make_checkpoint(model, epoch_variable),
+                                         os.path.join(config.model_dir, "checkpoints"),
+                                         max_to_keep=3)
+    if manager.latest_checkpoint:
+        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    return model, epoch_variable, manager
 
 
 def _comparable(config_dict):
@@ -134,7 +156,7 @@ def _comparable(config_dict):
 
 
 def prepare_model_dir(config, num_examples):
-    """Creates or checks model_dir. Returns True when it holds a run to resume."""
+    """Creates model_dir with config.json, or checks that its run has this configuration."""
     path = os.path.join(config.model_dir, "config.json")
     wanted = {**dataclasses.asdict(config), "num_examples": num_examples}
     if os.path.exists(path):
@@ -146,13 +168,12 @@ def prepare_model_dir(config, num_examples):
             shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
             raise UsageError(f"--model_dir={config.model_dir} holds a run with another "
                              f"configuration ({shown}); use a new --model_dir")
-        return True
+        return
     if os.path.isdir(config.model_dir) and os.listdir(config.model_dir):
         raise UsageError(f"--model_dir={config.model_dir} is not empty and holds no Mobile-PIRL "
                          "run (no config.json); use a new or empty folder")
     os.makedirs(config.model_dir, exist_ok=True)
     _write_json(path, wanted)
-    return False
 
 
 def _write_json(path, obj):
@@ -208,7 +229,7 @@ def train(config: TrainConfig, backbone_fn=None):
                          f"({source.num_examples} images); lower it")
     if config.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    resuming = prepare_model_dir(config, source.num_examples)
+    prepare_model_dir(config, source.num_examples)
 
     strategy = make_strategy(config.strategy)
     logging.info("strategy %s with %d replica(s), %d examples, %d steps per epoch",
@@ -217,19 +238,10 @@ def train(config: TrainConfig, backbone_fn=None):
     if config.batch_size % strategy.num_replicas_in_sync:
         raise UsageError(f"--batch_size={config.batch_size} must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")
-    with strategy.scope():
-        model = build_pirl(config, source.num_examples,
-                           backbone=backbone_fn() if backbone_fn else None)
-        set_schedule(model, config, config.epochs * steps_per_epoch)
-        build_variables(model, config)
-        epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = make_checkpoint(model, epoch_variable)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.model_dir, "checkpoints"),
-                                         max_to_keep=3)
-    initial_epoch = 0
-    if resuming and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        initial_epoch = int(epoch_variable.numpy())
+    model, epoch_variable, manager = open_run(config, source.num_examples, steps_per_epoch,
+                                              strategy, backbone_fn)
+    initial_epoch = int(epoch_variable.numpy())
+    if initial_epoch:
         logging.info("resuming %s at epoch %d", manager.latest_checkpoint, initial_epoch)
 
     history_logs = {}
@@ -243,7 +255,7 @@ def train(config: TrainConfig, backbone_fn=None):
         history = model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
                             verbose=_progress_verbosity(config))
-        history_logs = {k: float(v[-1]) for k, v in history.history.items()}
+        history_logs = {k: [float(x) for x in v] for k, v in history.history.items()}
 
     encoder = backbones.build_encoder(model.backbone, config.image_size)
     encoder_path = os.path.join(config.model_dir, "encoder.keras")
@@ -259,7 +271,9 @@ def train(config: TrainConfig, backbone_fn=None):
         "replicas": strategy.num_replicas_in_sync,
         "epochs_done": int(epoch_variable.numpy()),
         "resumed_from_epoch": initial_epoch,
-        "final": history_logs or _previous_final(config.model_dir),
+        "final": ({k: v[-1] for k, v in history_logs.items()} if history_logs
+                  else _previous_final(config.model_dir)),
+        "history": history_logs,
         "wall_time_seconds": round(time.time() - started, 2),
         "encoder": encoder_path,
     }

@@ -136,6 +136,29 @@ def image_view(image, image_size, seed):
     return photometric_augment(x, s[1]) * 255.0
 
 
+def jigsaw_patches(crop, geometry, seed):
+    """Cuts a [crop, crop, 3] image into the 9 shuffled jigsaw patches (no augmentation).
+
+    One patch of `geometry.patch` pixels per 3x3 grid cell, at a random offset in
+    [0, cell - patch] (the jitter), in a random order; upscaled to `geometry.patch_input`.
+    Returns (patches [9, q, q, 3], permutation [9] int32): patches[k] is from cell permutation[k].
+    """
+    offset_seed, order_seed = _split(seed, 2)
+    offsets = tf.random.stateless_uniform([NUM_PATCHES, 2], offset_seed, minval=0,
+                                          maxval=geometry.cell - geometry.patch + 1, dtype=tf.int32)
+    patches = []
+    for k in range(NUM_PATCHES):
+        row, col = divmod(k, GRID)
+        top = row * geometry.cell + offsets[k, 0]
+        left = col * geometry.cell + offsets[k, 1]
+        patches.append(tf.slice(crop, tf.stack([top, left, 0]), [geometry.patch, geometry.patch, 3]))
+    permutation = tf.argsort(tf.random.stateless_uniform([NUM_PATCHES], order_seed))
+    patches = tf.gather(tf.stack(patches), permutation)
+    if geometry.patch_input != geometry.patch:
+        patches = tf.image.resize(patches, [geometry.patch_input] * 2, method="bilinear")
+    return patches, permutation
+
+
 def jigsaw_view(image, image_size, seed):
     """v_I^t for the jigsaw pretext.
 
@@ -144,20 +167,8 @@ def jigsaw_view(image, image_size, seed):
     q = geometry.patch_input.
     """
     geom = jigsaw_geometry(image_size)
-    s = _split(seed, 3 + NUM_PATCHES)
+    s = _split(seed, 2 + NUM_PATCHES)
     crop = random_resized_crop(_to_unit_float(image), geom.crop, (0.6, 1.0), s[0])
-    jitter = geom.cell - geom.patch
-    offsets = tf.random.stateless_uniform([NUM_PATCHES, 2], s[1], minval=0, maxval=jitter + 1,
-                                          dtype=tf.int32)
-    patches = []
-    for k in range(NUM_PATCHES):
-        row, col = divmod(k, GRID)
-        top = row * geom.cell + offsets[k, 0]
-        left = col * geom.cell + offsets[k, 1]
-        patches.append(tf.slice(crop, tf.stack([top, left, 0]), [geom.patch, geom.patch, 3]))
-    permutation = tf.argsort(tf.random.stateless_uniform([NUM_PATCHES], s[2]))
-    patches = tf.gather(tf.stack(patches), permutation)
-    if geom.patch_input != geom.patch:
-        patches = tf.image.resize(patches, [geom.patch_input, geom.patch_input], method="bilinear")
-    patches = tf.stack([photometric_augment(patches[k], s[3 + k]) for k in range(NUM_PATCHES)])
+    patches, permutation = jigsaw_patches(crop, geom, s[1])
+    patches = tf.stack([photometric_augment(patches[k], s[2 + k]) for k in range(NUM_PATCHES)])
     return patches * 255.0, permutation

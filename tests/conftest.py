@@ -1,0 +1,62 @@
+"""Test set-up: quiet TensorFlow, two logical CPU devices (for MirroredStrategy tests),
+and small generated image folders."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
+
+
+def write_image_folder(root, num_images=32, size=(48, 56), seed=0):
+    """Random-blob images in two nested sub-folders, plus awkward cases the loader must handle:
+    greyscale, RGBA, palette, a tiny image, a corrupt file and a text file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(num_images):
+        folder = os.path.join(root, f"group{i % 2}", "nested" if i % 3 == 0 else "")
+        os.makedirs(folder, exist_ok=True)
+        h, w = size
+        yy, xx = np.mgrid[0:h, 0:w]
+        image = np.zeros((h, w, 3), np.float32)
+        for _ in range(3):  # a few coloured blobs: structure the views can agree on
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(6, 16)
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+        image = Image.fromarray(np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8))
+        kind = i % 8
+        if kind == 1:
+            image, ext = image.convert("L"), "png"
+        elif kind == 2:
+            image, ext = image.convert("RGBA"), "png"
+        elif kind == 3:
+            image, ext = image.convert("P"), "gif"
+        elif kind == 4:
+            image, ext = image.resize((10, 12)), "bmp"
+        else:
+            ext = "jpg"
+        path = os.path.join(folder, f"img{i:03d}.{ext}")
+        image.save(path)
+        paths.append(path)
+    with open(os.path.join(root, "group0", "broken.jpg"), "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    with open(os.path.join(root, "notes.txt"), "w") as f:
+        f.write("not an image")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("images"))
+    write_image_folder(root)
+    return root

@@ -1,0 +1,76 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mobile_pirl_tf import UsageError, data, views
+
+
+def test_folder_source_skips_and_counts_bad_files(image_folder):
+    source = data.folder_source(image_folder)
+    assert source.num_examples == 32
+    assert source.skipped == 2  # broken.jpg and notes.txt
+    keys = [k.decode() for k in source.keys.as_numpy_iterator()]
+    assert keys == data.list_image_files(image_folder)[0]  # a stable example index
+    assert len(set(keys)) == 32
+    for key in keys:  # greyscale, RGBA, palette GIF, tiny BMP all decode to RGB
+        image = source.decode(tf.constant(key))
+        assert image.shape[-1] == 3 and image.dtype == tf.uint8
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(UsageError, match="not a directory"):
+        data.folder_source(str(tmp_path / "missing"))
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(UsageError, match="no readable image"):
+        data.folder_source(str(tmp_path))
+
+
+def test_pipeline_batches_indices_and_reproducibility(image_folder):
+    source = data.folder_source(image_folder)
+    def first_epoch(seed):
+        ds = data.pretraining_dataset(source, 32, 8, steps_per_epoch=4, seed=seed, first_epoch=0,
+                                      last_epoch=1)
+        return list(ds.as_numpy_iterator())
+    a, b, c = first_epoch(0), first_epoch(0), first_epoch(1)
+    assert len(a) == 4
+    assert a[0]["image"].shape == (8, 32, 32, 3)
+    assert a[0]["patches"].shape == (8, 9, 32, 32, 3)
+    indices = np.concatenate([batch["index"] for batch in a])
+    assert sorted(indices) == list(range(32))  # every example exactly once per epoch
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["index"], y["index"])
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["patches"], y["patches"])
+    assert not np.array_equal(indices, np.concatenate([batch["index"] for batch in c]))
+
+
+def test_resumed_epochs_match_an_uninterrupted_stream(image_folder):
+    source = data.folder_source(image_folder)
+    whole = list(data.pretraining_dataset(source, 32, 16, 2, seed=3, first_epoch=0,
+                                          last_epoch=2).as_numpy_iterator())
+    resumed = list(data.pretraining_dataset(source, 32, 16, 2, seed=3, first_epoch=1,
+                                            last_epoch=2).as_numpy_iterator())
+    assert len(whole) == 4 and len(resumed) == 2
+    for x, y in zip(whole[2:], resumed):
+        np.testing.assert_array_equal(x["index"], y["index"])
+        np.testing.assert_array_equal(x["image"], y["image"])
+
+
+def test_tfds_source_with_mock_data():
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        source = data.tfds_source("stl10")
+        assert source.name == "tfds:stl10:unlabelled" and source.num_examples == 12
+        batch = next(iter(data.pretraining_dataset(source, 32, 4, 3)))
+        assert batch["image"].shape == (4, 32, 32, 3)
+        assert batch["patches"].shape[1] == views.NUM_PATCHES
+
+
+def test_tfds_offline_errors_are_one_line(tmp_path):
+    with pytest.raises(UsageError, match="not prepared") as e:
+        data.tfds_source("stl10", data_dir=str(tmp_path))
+    assert "\n" not in str(e.value) and "--data_dir" in str(e.value)
+    with pytest.raises(UsageError, match="unknown TFDS data set"):
+        data.tfds_source("no_such_dataset_xyz", data_dir=str(tmp_path))

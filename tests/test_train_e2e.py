@@ -1,0 +1,110 @@
+"""train() and train.py end to end on a small generated folder: checkpoints, encoder.keras,
+run.json, resume with the memory bank restored, refusals that keep the user's files."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mobile_pirl_tf import UsageError, training
+
+from conftest import REPO
+
+
+def cfg(model_dir, data_dir, **overrides):
+    base = dict(backbone="mobilenetv3small", image_size=32, batch_size=8, epochs=2,
+                num_negatives=64, data_dir=data_dir, model_dir=str(model_dir), verbose=0)
+    return training.TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(image_folder, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("run")
+    summary = training.train(cfg(model_dir, image_folder))
+    return model_dir, summary
+
+
+def test_two_epochs_write_checkpoint_encoder_and_run_json(two_epoch_run):
+    model_dir, summary = two_epoch_run
+    assert summary["epochs_done"] == 2 and summary["num_examples"] == 32
+    assert summary["skipped_files"] == 2
+    assert len(summary["history"]["loss"]) == 2
+    assert all(math.isfinite(x) for x in summary["history"]["loss"])
+    for key in ("loss", "loss_jigsaw", "loss_image", "learning_rate"):
+        assert key in summary["final"]
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-2")
+    with open(os.path.join(model_dir, "run.json")) as f:
+        assert json.load(f)["epochs_done"] == 2
+    encoder = keras.models.load_model(os.path.join(model_dir, "encoder.keras"))
+    assert encoder.input_shape == (None, 32, 32, 3)
+    assert encoder(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 576)  # no heads
+    assert os.listdir(os.path.join(model_dir, "logs", "train"))  # TensorBoard events
+
+
+def test_rerun_resumes_at_epoch_two_with_the_bank_restored(two_epoch_run, image_folder):
+    model_dir, first = two_epoch_run
+    config = cfg(model_dir, image_folder, epochs=3)
+    strategy = tf.distribute.get_strategy()
+    model, epoch, manager = training.open_run(config, 32, 4, strategy)
+    assert int(epoch.numpy()) == 2
+    saved = tf.train.load_variable(manager.latest_checkpoint, "memory_bank/.ATTRIBUTES/VARIABLE_VALUE")
+    np.testing.assert_array_equal(model.bank.rows.numpy(), saved)
+    fresh = training.build_pirl(config, 32)
+    training.build_variables(fresh, config)
+    assert not np.allclose(fresh.bank.rows.numpy(), model.bank.rows.numpy())
+
+    summary = training.train(config)
+    assert summary["resumed_from_epoch"] == 2 and summary["epochs_done"] == 3
+    assert len(summary["history"]["loss"]) == 1
+
+
+def test_other_configuration_is_refused_and_nothing_is_overwritten(two_epoch_run, image_folder):
+    model_dir, _ = two_epoch_run
+    before = open(os.path.join(model_dir, "config.json")).read()
+    with pytest.raises(UsageError, match="another configuration.*num_negatives"):
+        training.train(cfg(model_dir, image_folder, num_negatives=7))
+    assert open(os.path.join(model_dir, "config.json")).read() == before
+
+
+def test_foreign_non_empty_model_dir_is_refused(tmp_path, image_folder):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="not empty"):
+        training.train(cfg(tmp_path, image_folder))
+    assert sorted(os.listdir(tmp_path)) == ["precious.txt"]
+
+
+def test_nan_loss_stops_with_a_clear_error_and_saves_nothing(tmp_path, image_folder):
+    with pytest.raises(FloatingPointError, match="lower --learning_rate"):
+        training.train(cfg(tmp_path / "run", image_folder, learning_rate=1e35, epochs=1))
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")) is None
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def test_cli_bad_flags_give_one_line(tmp_path):
+    result = _cli("--backbone=resnet18", f"--model_dir={tmp_path}/r")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unknown --backbone='resnet18'; valid values:")
+    assert "mobilenetv3small" in last
+    result = _cli("--backbone=resnet50", "--width=0.5", f"--model_dir={tmp_path}/r")
+    assert "no width multiplier" in result.stderr.strip().splitlines()[-1]
+    result = _cli(f"--data_dir={tmp_path}/missing", f"--model_dir={tmp_path}/r")
+    assert result.stderr.strip().splitlines()[-1] == f"error: --data_dir={tmp_path}/missing is not a directory"
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_cli_offline_tfds_gives_one_line(tmp_path):
+    result = _cli("--dataset=stl10", f"--tfds_data_dir={tmp_path}", f"--model_dir={tmp_path}/r")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: TFDS data set 'stl10' is not prepared") and "--data_dir" in last

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mobile_pirl_tf import views
+
+
+def _seed(a, b=0):
+    return tf.constant([a, b], tf.int64)
+
+
+def test_geometry_matches_paper_at_224_and_scales():
+    assert views.jigsaw_geometry(224) == (255, 85, 64, 64)
+    crop, cell, patch, patch_input = views.jigsaw_geometry(96)
+    assert (crop, cell, patch) == (109, 36, 27)
+    assert patch_input == views.MIN_BACKBONE_INPUT  # upscaled for keras.applications
+    assert views.jigsaw_geometry(448).patch == 128
+
+
+@pytest.mark.parametrize("image_size", [64, 224])
+def test_jigsaw_patches_one_per_cell_and_shuffled(image_size):
+    geom = views.jigsaw_geometry(image_size)
+    # A crop whose 9 cells are constant, with value = 10 * (cell number + 1).
+    cell_id = np.zeros((geom.crop, geom.crop), np.float32)
+    for k in range(9):
+        r, c = divmod(k, 3)
+        cell_id[r * geom.cell:(r + 1) * geom.cell, c * geom.cell:(c + 1) * geom.cell] = 10 * (k + 1)
+    crop = tf.constant(np.repeat(cell_id[:, :, None], 3, axis=2) / 255.0)
+    orders = set()
+    for s in range(20):
+        patches, perm = views.jigsaw_patches(crop, geom, _seed(s))
+        patches, perm = patches.numpy() * 255.0, perm.numpy()
+        assert patches.shape == (9, geom.patch_input, geom.patch_input, 3)
+        assert sorted(perm) == list(range(9))  # one patch from each cell
+        for k in range(9):  # patch k is entirely inside cell perm[k]
+            np.testing.assert_allclose(patches[k], 10 * (perm[k] + 1), atol=1e-3)
+        orders.add(tuple(perm))
+    assert len(orders) >= 18  # fresh permutations, essentially never the identity
+    assert tuple(range(9)) not in orders
+
+
+def test_jigsaw_jitter_varies_offsets():
+    geom = views.jigsaw_geometry(224)
+    ramp = np.tile(np.arange(geom.crop, dtype=np.float32)[None, :, None], (geom.crop, 1, 3)) / 255.0
+    firsts = set()
+    for s in range(10):
+        patches, perm = views.jigsaw_patches(tf.constant(ramp), geom, _seed(s))
+        k = int(np.argmin(perm.numpy()))  # the patch from cell 0
+        left = round(float(patches[k, 0, 0, 0]) * 255)
+        assert 0 <= left <= geom.cell - geom.patch
+        firsts.add(left)
+    assert len(firsts) > 1
+
+
+def _image(seed=0, size=(80, 70)):
+    return tf.constant(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def test_views_shapes_range_and_determinism():
+    image = _image()
+    a = views.image_view(image, 64, _seed(1)).numpy()
+    b = views.image_view(image, 64, _seed(1)).numpy()
+    c = views.image_view(image, 64, _seed(2)).numpy()
+    assert a.shape == (64, 64, 3) and a.dtype == np.float32
+    assert a.min() >= 0 and a.max() <= 255
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    pa, perm_a = views.jigsaw_view(image, 64, _seed(1))
+    pb, perm_b = views.jigsaw_view(image, 64, _seed(1))
+    pc, _ = views.jigsaw_view(image, 64, _seed(2))
+    np.testing.assert_array_equal(pa.numpy(), pb.numpy())
+    np.testing.assert_array_equal(perm_a.numpy(), perm_b.numpy())
+    assert not np.allclose(pa.numpy(), pc.numpy())
+    assert pa.shape == (9, 32, 32, 3) and 0 <= pa.numpy().min() and pa.numpy().max() <= 255
+
+
+def test_tiny_image_is_upscaled():
+    tiny = _image(size=(7, 5))
+    assert views.image_view(tiny, 64, _seed(0)).shape == (64, 64, 3)
+    assert views.jigsaw_view(tiny, 64, _seed(0))[0].shape == (9, 32, 32, 3)
+
+
+def test_photometric_pieces():
+    x = tf.constant(np.linspace(0, 1, 48, dtype=np.float32).reshape(4, 4, 3))
+    np.testing.assert_allclose(views.solarize(x).numpy(), np.where(x < 0.5, x, 1 - x))
+    auto = views.autocontrast(x * 0.5 + 0.2).numpy()
+    np.testing.assert_allclose(auto.min(axis=(0, 1)), 0, atol=1e-6)
+    np.testing.assert_allclose(auto.max(axis=(0, 1)), 1, atol=1e-6)
+    assert len(np.unique(np.round(views.posterize(x, 2).numpy() * 255))) <= 4
+    np.testing.assert_allclose(views.sharpness(x, 1.0).numpy(), x.numpy(), atol=1e-6)
