@@ -108,10 +108,9 @@ class PIRL(keras.Model):
                                   losses.MASKED_LOGIT, neg_logits)
         else:                                          # [B, d] x [B, K, d] -> [B, K]
             neg_logits = tf.einsum("bd,bkd->bk", z, rows) / self.temperature
-        if term == 1:
+        if term == 1:  # mean cosine to the negatives: z . mean(rows), O((B + K) d) not O(B K)
             self.trackers["negative_similarity"].update_state(
-                tf.reduce_mean(tf.where(neg_logits > losses.MASKED_LOGIT / 2,
-                                        neg_logits * self.temperature, 0.0), -1))
+                tf.reduce_sum(z * tf.reduce_mean(rows, axis=-2), -1))
         if self.loss_name == "infonce":
             return losses.infonce_loss(pos_logits, neg_logits)
         self.maybe_set_partition(pos_logits, neg_logits, ctx)
@@ -120,11 +119,14 @@ class PIRL(keras.Model):
 
     def maybe_set_partition(self, pos_logits, neg_logits, ctx):
         """On the first batch only, fix log Z from the whole global batch (VISSL)."""
-        terms = losses.nce_partition_terms(tf.stop_gradient(pos_logits), tf.stop_gradient(neg_logits))
-        total, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(terms))
-        z = total / count * self.num_examples
         ready = self.z_ready.value > 0
-        self.log_z.assign(tf.where(ready, self.log_z.value, tf.math.log(z)))
+        zero = tf.zeros([], pos_logits.dtype)
+        terms = tf.cond(ready, lambda: (zero, zero), lambda: losses.nce_partition_terms(
+            tf.stop_gradient(pos_logits), tf.stop_gradient(neg_logits)))
+        # Outside the cond: a collective must run on every replica at every step.
+        total, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(terms))
+        self.log_z.assign(tf.cond(ready, lambda: self.log_z.value,
+                                  lambda: tf.math.log(total / count * self.num_examples)))
         self.z_ready.assign(1.0)
 
     def add_weight_decay(self, gradients, variables, ctx):

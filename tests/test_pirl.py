@@ -117,6 +117,7 @@ def test_mirrored_matches_default_strategy(shared):
 def test_training_lowers_the_loss_on_fixed_views():
     """The optimisation path of train_step (loss, gradients, bank update) drives the PIRL loss
     down when the views are fixed: each embedding moves towards its own bank row."""
+    keras.utils.set_random_seed(0)  # passes for seeds 0-3 too; fixed so CI is repeatable
     cfg = config(backbone="mobilenetv3small", learning_rate=30.0, num_negatives=7, batch_size=8,
                  embedding_dim=32)
     with tf.distribute.get_strategy().scope():
