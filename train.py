@@ -50,6 +50,9 @@ flags.DEFINE_string("data_dir", None, "A folder of images (any nesting; labels i
 flags.DEFINE_string("tfds_data_dir", None, "Where prepared TFDS data sets are.")
 flags.DEFINE_string("tfds_manual_dir", None, "Manual download folder (imagenet2012).")
 flags.DEFINE_string("model_dir", _D.model_dir, "Run folder: checkpoints, logs, encoder.keras.")
+flags.DEFINE_string("monitor_data_dir", None, "Labelled folder (train/<class>/, test/<class>/) "
+                    "for a kNN probe during training, logged as knn_top1.")
+flags.DEFINE_integer("monitor_every", 1, "Run the kNN probe every N epochs.")
 flags.DEFINE_enum("strategy", _D.strategy, ["default", "mirrored"], "tf.distribute strategy.")
 
 

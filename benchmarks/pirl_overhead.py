@@ -128,7 +128,8 @@ def main(argv):
           f"reference={t['reference']:.4f}")
     print(f"pirl_overhead_ratio={t['pirl'] / t['reference']:.3f}  (per-example negatives, K=32000)")
     print(f"pirl_overhead_ratio_shared_negatives={t['pirl_shared'] / t['reference']:.3f}")
-    step_images_per_second = FLAGS.batch_size / t["pirl"]
+    step_images_per_second = {"per_example": FLAGS.batch_size / t["pirl"],
+                              "shared": FLAGS.batch_size / t["pirl_shared"]}
     del shared
 
     # 2. Bank scaling: same K, 1,281,167 rows against 10,000 rows.
@@ -145,8 +146,11 @@ def main(argv):
         print(f"pipeline_headroom=skipped: no images at {FLAGS.data_dir}")
         return
     pipeline = pipeline_images_per_second()
-    print(f"images_per_second pipeline={pipeline:.1f} train_step={step_images_per_second:.1f}")
-    print(f"pipeline_headroom={pipeline / step_images_per_second:.2f}")
+    print(f"images_per_second pipeline={pipeline:.1f} "
+          f"train_step={step_images_per_second['per_example']:.1f} "
+          f"train_step_shared_negatives={step_images_per_second['shared']:.1f}")
+    print(f"pipeline_headroom={pipeline / step_images_per_second['per_example']:.2f}")
+    print(f"pipeline_headroom_shared_negatives={pipeline / step_images_per_second['shared']:.2f}")
 
 
 if __name__ == "__main__":

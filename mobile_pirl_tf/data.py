@@ -4,7 +4,7 @@ A `Source` is a list of keys (file paths, or encoded image bytes for TFDS) with 
 example index 0..N-1 (the memory-bank row) and a TF function that decodes a key to a uint8
 RGB image. The pipeline, entirely tf.data with TF ops:
 
-    per epoch e: keys shuffled with seed (seed, e), the first steps * batch taken
+    per epoch e: a permutation of the examples under (seed, e), the first steps * batch taken
     -> parallel map: decode, image view, jigsaw view, with a per-example seed (seed, e, position)
     -> batch (global, drop remainder) -> prefetch
 
@@ -36,6 +36,7 @@ class Source:
     decode: Callable[[tf.Tensor], tf.Tensor]
     shuffle_buffer: int
     skipped: int = 0
+    paths: Optional[list] = None      # random access (folders): exact per-epoch permutations
 
 
 def decode_image(encoded):
@@ -96,7 +97,7 @@ def folder_source(root):
         logging.info("%s: %d images", root, len(files))
     return Source(name=os.path.abspath(root), keys=tf.data.Dataset.from_tensor_slices(files),
                   num_examples=len(files), decode=_read_and_decode, shuffle_buffer=len(files),
-                  skipped=corrupt + not_images)
+                  skipped=corrupt + not_images, paths=files)
 
 
 def _not_prepared(name, builder):
@@ -172,21 +173,41 @@ def pirl_views(image, index, seed, image_size):
             "index": index}
 
 
+def _epoch_orders(source: Source, examples_per_epoch, seed):
+    """epoch (int64 tensor) -> dataset of (key, index, position) for that epoch.
+
+    Folders (random access): position p of epoch e holds example index_shuffle(p) under the seed
+    (seed, e): an exact, stateless permutation per epoch, so a resumed run sees the same epochs.
+    TFDS (sequential): a shuffle buffer seeded once; reproducible for a given (seed, first epoch).
+    """
+    if source.paths is not None:
+        paths, max_index = tf.constant(source.paths), source.num_examples - 1
+
+        def epoch_elements(epoch):
+            def element(position):
+                perm_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
+                index = tf.random.experimental.index_shuffle(position, perm_seed, max_index)
+                return tf.gather(paths, index), index, position
+            return tf.data.Dataset.range(examples_per_epoch).map(element)
+        return epoch_elements
+
+    indexed = tf.data.Dataset.zip(source.keys, tf.data.Dataset.range(source.num_examples))
+    shuffled = indexed.shuffle(source.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+    def epoch_elements(epoch):
+        del epoch
+        return shuffled.take(examples_per_epoch).enumerate().map(
+            lambda position, key_index: (key_index[0], key_index[1], position))
+    return epoch_elements
+
+
 def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch, seed=0,
                         first_epoch=0, last_epoch: Optional[int] = None):
     """Batches for epochs [first_epoch, last_epoch) (forever when last_epoch is None)."""
-    examples_per_epoch = steps_per_epoch * batch_size
-    indexed = tf.data.Dataset.zip(source.keys, tf.data.Dataset.range(source.num_examples))
-
-    def epoch_elements(epoch):
-        shuffled = indexed.shuffle(source.shuffle_buffer, seed=seed * 1_000_003 + epoch,
-                                   reshuffle_each_iteration=False).take(examples_per_epoch)
-        return shuffled.enumerate().map(
-            lambda position, key_index: (key_index[0], key_index[1], example_seed(seed, epoch, position)))
-
-    epochs = (tf.data.Dataset.range(first_epoch, last_epoch) if last_epoch is not None
-              else tf.data.Dataset.range(first_epoch, 2**62))
-    elements = epochs.flat_map(epoch_elements)
+    epoch_elements = _epoch_orders(source, steps_per_epoch * batch_size, seed)
+    epochs = tf.data.Dataset.range(first_epoch, last_epoch if last_epoch is not None else 2**62)
+    elements = epochs.flat_map(lambda epoch: epoch_elements(epoch).map(
+        lambda key, index, position: (key, index, example_seed(seed, epoch, position))))
     ds = elements.map(lambda key, index, s: pirl_views(source.decode(key), index, s, image_size),
                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # A file that passed the integrity scan but still fails to decode is dropped, not fatal.

@@ -22,11 +22,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, backbones, data, heads, losses, pirl, views
+from mobile_pirl_tf import UsageError, backbones, data, evaluation, heads, losses, pirl, views
 
 STRATEGIES = ("default", "mirrored")
 # Fields that may change between a run and its resumption.
-RESUMABLE_FIELDS = ("epochs", "model_dir", "verbose")
+RESUMABLE_FIELDS = ("epochs", "model_dir", "verbose", "monitor_data_dir", "monitor_every")
 
 
 @dataclasses.dataclass
@@ -55,6 +55,8 @@ class TrainConfig:
     tfds_manual_dir: Optional[str] = None
     model_dir: str = "runs/pirl"
     strategy: str = "default"
+    monitor_data_dir: Optional[str] = None
+    monitor_every: int = 1
     verbose: Optional[int] = None
 
     def validate(self):
@@ -248,10 +250,12 @@ def train(config: TrainConfig, backbone_fn=None):
     if initial_epoch < config.epochs:
         dataset = data.pretraining_dataset(source, config.image_size, config.batch_size,
                                            steps_per_epoch, config.seed, initial_epoch, config.epochs)
-        callbacks = [
-            EpochCheckpoint(manager, epoch_variable),
-            keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"), update_freq="epoch"),
-        ]
+        callbacks = [EpochCheckpoint(manager, epoch_variable)]
+        if config.monitor_data_dir:  # before TensorBoard, so knn_top1 is logged
+            callbacks.append(evaluation.KNNMonitor(config.monitor_data_dir, config.image_size,
+                                                   config.monitor_every))
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"),
+                                                     update_freq="epoch"))
         history = model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
                             verbose=_progress_verbosity(config))

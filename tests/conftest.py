@@ -60,3 +60,25 @@ def image_folder(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("images"))
     write_image_folder(root)
     return root
+
+
+def write_labelled_folder(root, classes=("blue", "red", "green"), n_train=10, n_test=4, size=40):
+    """train/<class>/ and test/<class>/ images whose class decides the dominant colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, name in enumerate(classes):
+            folder = os.path.join(root, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                image = rng.normal(60, 20, (size, size, 3))
+                image[..., c % 3] += 120
+                Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+                    os.path.join(folder, f"{i}.png"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def labelled_folder(tmp_path_factory):
+    return write_labelled_folder(str(tmp_path_factory.mktemp("labelled")))

@@ -1,0 +1,143 @@
+"""Does PIRL learn? PIRL-Jigsaw vs random init vs supervised, same backbone and CPU budget
+(issue #3 quality check).
+
+    python benchmarks/quality.py [--budget_minutes=20 --backbone=mobilenetv3small --image_size=64]
+
+1. Pretrains with PIRL on DATA/train without labels, for as many epochs as fit the budget
+   (the step time is measured first, so the cosine schedule completes).
+2. Trains the same backbone with labels for the same budget (the supervised baseline).
+3. Builds the random-init encoder (same seed).
+4. Linear probe (and kNN) of each frozen encoder on DATA/train -> DATA/test.
+
+Prints top-1 of each and gap_closed = (pirl - random) / (supervised - random).
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from mobile_pirl_tf import baselines, evaluation, training, views  # noqa: E402
+
+flags.DEFINE_string("data_root", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                              "data", "imagenette"), "train/ and test/ folders.")
+flags.DEFINE_string("output_dir", "runs/quality", "Where runs, encoders and reports go.")
+flags.DEFINE_string("backbone", "mobilenetv3small", "Backbone.")
+flags.DEFINE_integer("image_size", 64, "Image size.")
+flags.DEFINE_float("budget_minutes", 20, "Training budget per method (PIRL, supervised).")
+flags.DEFINE_integer("batch_size", 64, "PIRL batch size.")
+flags.DEFINE_float("learning_rate", 0.03, "PIRL learning rate per 256 images.")
+flags.DEFINE_enum("loss", "nce", ["nce", "infonce"], "PIRL loss.")
+flags.DEFINE_integer("num_negatives", 4096, "PIRL negatives.")
+flags.DEFINE_bool("shared_negatives", True, "Shared negatives (faster on CPU).")
+flags.DEFINE_float("temperature", 0.07, "PIRL temperature.")
+flags.DEFINE_float("bank_momentum", 0.5, "Memory-bank momentum.")
+flags.DEFINE_string("head", "linear", "PIRL heads.")
+flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_list("skip", [], "Methods to skip (pirl, supervised, random): reuse earlier results.")
+FLAGS = flags.FLAGS
+
+
+def pirl_config(epochs, model_dir):
+    return training.TrainConfig(
+        backbone=FLAGS.backbone, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+        epochs=epochs, learning_rate=FLAGS.learning_rate, loss=FLAGS.loss,
+        num_negatives=FLAGS.num_negatives, shared_negatives=FLAGS.shared_negatives,
+        temperature=FLAGS.temperature, bank_momentum=FLAGS.bank_momentum, head=FLAGS.head,
+        seed=FLAGS.seed, data_dir=os.path.join(FLAGS.data_root, "train"), model_dir=model_dir,
+        verbose=2)
+
+
+def pirl_epochs_for_budget(num_examples, budget_seconds):
+    """Epochs that fit the budget, from the measured time of a train step (plus 10% margin)."""
+    config = pirl_config(1, "/nonexistent")
+    model = training.build_pirl(config, num_examples)
+    training.build_variables(model, config)
+    q = views.jigsaw_geometry(FLAGS.image_size).patch_input
+    b, s = FLAGS.batch_size, FLAGS.image_size
+    batch = {"image": tf.random.uniform([b, s, s, 3], 0, 255),
+             "patches": tf.random.uniform([b, 9, q, q, 3], 0, 255),
+             "index": tf.range(b, dtype=tf.int64)}
+    step = tf.function(model.train_step)
+    step(batch)
+    step(batch)
+    start = time.perf_counter()
+    for _ in range(5):
+        out = step(batch)
+    float(out["loss"])
+    per_step = (time.perf_counter() - start) / 5 * 1.1
+    steps_per_epoch = num_examples // b
+    epochs = max(1, int((budget_seconds - 60) / (per_step * steps_per_epoch)))  # 60 s: tracing
+    logging.info("PIRL: %.3f s/step, %d steps/epoch -> %d epochs", per_step, steps_per_epoch, epochs)
+    return epochs
+
+
+def main(argv):
+    del argv
+    budget = FLAGS.budget_minutes * 60
+    train, test = evaluation.folder_splits(FLAGS.data_root)
+    out = FLAGS.output_dir
+    encoders = {}
+    timings = {}
+
+    pirl_dir = os.path.join(out, "pirl")
+    if "pirl" not in FLAGS.skip:
+        epochs = pirl_epochs_for_budget(len(train.labels), budget)
+        started = time.time()
+        training.train(pirl_config(epochs, pirl_dir))
+        timings["pirl"] = round(time.time() - started, 1)
+    encoders["pirl"] = os.path.join(pirl_dir, "encoder.keras")
+
+    sup_dir = os.path.join(out, "supervised")
+    if "supervised" not in FLAGS.skip:
+        started = time.time()
+        encoder, info = baselines.supervised_encoder(FLAGS.backbone, FLAGS.image_size, train,
+                                                     budget_seconds=budget, epochs=10_000,
+                                                     seed=FLAGS.seed)
+        timings["supervised"] = round(time.time() - started, 1)
+        os.makedirs(sup_dir, exist_ok=True)
+        encoder.save(os.path.join(sup_dir, "encoder.keras"))
+        with open(os.path.join(sup_dir, "baseline.json"), "w") as f:
+            json.dump(info, f, indent=2)
+    encoders["supervised"] = os.path.join(sup_dir, "encoder.keras")
+
+    random_dir = os.path.join(out, "random")
+    os.makedirs(random_dir, exist_ok=True)
+    encoders["random"] = os.path.join(random_dir, "encoder.keras")
+    if "random" not in FLAGS.skip:
+        baselines.random_encoder(FLAGS.backbone, FLAGS.image_size, seed=FLAGS.seed).save(
+            encoders["random"])
+
+    reports = []
+    for label in ("pirl", "random", "supervised"):
+        encoder, path = evaluation.load_encoder(encoder_path=encoders[label])
+        for protocol in ("linear", "knn"):
+            reports.append(evaluation.evaluate_encoder(encoder, path, train, test, protocol,
+                                                       os.path.dirname(path), FLAGS.seed,
+                                                       label=label))
+    print(evaluation.format_table(reports))
+    for protocol in ("linear", "knn"):
+        top1 = {r["label"]: r["top1"] for r in reports if r["protocol"] == protocol}
+        gap = (top1["pirl"] - top1["random"]) / (top1["supervised"] - top1["random"])
+        print(f"{protocol}: pirl={100 * top1['pirl']:.2f} random={100 * top1['random']:.2f} "
+              f"supervised={100 * top1['supervised']:.2f} "
+              f"pirl_minus_random={100 * (top1['pirl'] - top1['random']):.2f} gap_closed={gap:.3f}")
+    print(f"training_seconds {json.dumps(timings)}")
+    with open(os.path.join(out, "quality.json"), "w") as f:
+        json.dump({"reports": reports, "training_seconds": timings,
+                   "flags": {k: FLAGS[k].value for k in ("backbone", "image_size", "budget_minutes",
+                                                         "batch_size", "learning_rate", "loss",
+                                                         "num_negatives", "shared_negatives",
+                                                         "temperature", "bank_momentum", "head")}},
+                  f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
