@@ -116,19 +116,26 @@ def main(argv):
             encoders["random"])
 
     reports = []
-    for label in ("pirl", "random", "supervised"):
-        encoder, path = evaluation.load_encoder(encoder_path=encoders[label])
-        for protocol in ("linear", "knn"):
-            reports.append(evaluation.evaluate_encoder(encoder, path, train, test, protocol,
-                                                       os.path.dirname(path), FLAGS.seed,
-                                                       label=label))
+    # The protocol's BN recalibration (default), and each encoder's own moving statistics (0).
+    for bn_images in (evaluation.BN_RECALIBRATION_IMAGES, 0):
+        for label in ("pirl", "random", "supervised"):
+            encoder, path = evaluation.load_encoder(encoder_path=encoders[label])
+            for protocol in ("linear", "knn"):
+                report = evaluation.evaluate_encoder(encoder, path, train, test, protocol,
+                                                     os.path.dirname(path), FLAGS.seed,
+                                                     label=label, bn_images=bn_images)
+                reports.append(report)
     print(evaluation.format_table(reports))
-    for protocol in ("linear", "knn"):
-        top1 = {r["label"]: r["top1"] for r in reports if r["protocol"] == protocol}
-        gap = (top1["pirl"] - top1["random"]) / (top1["supervised"] - top1["random"])
-        print(f"{protocol}: pirl={100 * top1['pirl']:.2f} random={100 * top1['random']:.2f} "
-              f"supervised={100 * top1['supervised']:.2f} "
-              f"pirl_minus_random={100 * (top1['pirl'] - top1['random']):.2f} gap_closed={gap:.3f}")
+    for bn_images in (evaluation.BN_RECALIBRATION_IMAGES, 0):
+        for protocol in ("linear", "knn"):
+            top1 = {r["label"]: r["top1"] for r in reports
+                    if r["protocol"] == protocol and r["bn_recalibration_images"] == bn_images}
+            gap = (top1["pirl"] - top1["random"]) / (top1["supervised"] - top1["random"])
+            print(f"{protocol} bn_recalibration_images={bn_images}: "
+                  f"pirl={100 * top1['pirl']:.2f} random={100 * top1['random']:.2f} "
+                  f"supervised={100 * top1['supervised']:.2f} "
+                  f"pirl_minus_random={100 * (top1['pirl'] - top1['random']):.2f} "
+                  f"gap_closed={gap:.3f}")
     print(f"training_seconds {json.dumps(timings)}")
     with open(os.path.join(out, "quality.json"), "w") as f:
         json.dump({"reports": reports, "training_seconds": timings,

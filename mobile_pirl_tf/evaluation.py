@@ -1,6 +1,7 @@
 """Frozen-feature evaluation: linear probe and kNN, with feature caching and baselines.
 
-Protocols (features: the encoder's pooled output on centre crops; the encoder is frozen):
+Protocols (features: the encoder's pooled output on centre crops; the encoder is frozen, its
+batch-norm statistics re-estimated on 2,560 train images first: `recalibrate_batchnorm`):
 
 - linear: features standardised with the train split's mean / std, then a linear softmax
   classifier trained with a fixed recipe (`LINEAR_RECIPE`): SGD with Nesterov momentum 0.9,
@@ -116,6 +117,41 @@ def split_images(split, image_size, batch_size=128):
                       num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
 
 
+BN_RECALIBRATION_IMAGES = 2560
+
+
+def recalibrate_batchnorm(encoder, split, image_size, num_images=BN_RECALIBRATION_IMAGES,
+                          batch_size=128, seed=0):
+    """Re-estimates every BatchNormalization layer's moving mean / variance as the average of
+    batch statistics over `num_images` train-split images (centre crops, a seeded subset).
+
+    Part of the evaluation protocol, applied to every encoder alike: a random-init network has
+    moving statistics at their (0, 1) init, which makes its inference-mode features collapse
+    to a constant in deep mobile networks (MobileNetV3 uses BN momentum 0.999), and a short
+    pretraining run leaves them stale and mixed with jigsaw-patch statistics. Returns the number
+    of BN layers recalibrated.
+    """
+    layers = [layer for layer in encoder._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers or num_images <= 0:
+        return 0
+    order = np.random.default_rng(seed).permutation(len(split.labels))[:num_images]
+    if split.keys is not None:
+        subset = dataclasses.replace(split, keys=[split.keys[i] for i in order], dataset=None)
+    else:
+        subset = dataclasses.replace(split, dataset=split.dataset.take(num_images))
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for i, batch in enumerate(split_images(subset, image_size, batch_size)):
+            for layer in layers:  # new = m * old + (1 - m) * batch: a running average over batches
+                layer.momentum = i / (i + 1)
+            encoder(batch, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return len(layers)
+
+
 def encoder_image_size(encoder):
     shape = encoder.input_shape
     if shape[1] is None or shape[1] != shape[2]:
@@ -138,9 +174,11 @@ def _file_fingerprint(path):
     return f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def cache_key(encoder_path, split, image_size):
-    """Changes when the encoder file, the data (names and file list) or the size change."""
+def cache_key(encoder_path, split, image_size, bn_images=BN_RECALIBRATION_IMAGES):
+    """Changes when the encoder file, the data (names and file list), the size or the BN
+    recalibration change."""
     h = hashlib.sha256()
+    h.update(f"bn-recalibration:{bn_images}".encode())
     h.update(_file_fingerprint(encoder_path).encode())
     h.update(f"{split.name}:{image_size}:{len(split.labels)}".encode())
     for key in split.keys or []:
@@ -149,15 +187,21 @@ def cache_key(encoder_path, split, image_size):
     return h.hexdigest()[:20]
 
 
-def extract_features(encoder, encoder_path, split, image_size, cache_dir=None):
-    """Features [n, d] of a split, read from / written to cache_dir when given."""
-    path = None
-    if cache_dir:
-        split_name = split.name.rsplit(":", 1)[-1]
-        path = os.path.join(cache_dir, f"{split_name}-{cache_key(encoder_path, split, image_size)}.npy")
-        if os.path.exists(path):
-            logging.info("features from cache %s", path)
-            return np.load(path)
+def _cache_path(cache_dir, encoder_path, split, image_size, bn_images):
+    if not cache_dir:
+        return None
+    key = cache_key(encoder_path, split, image_size, bn_images)
+    return os.path.join(cache_dir, f"{split.name.rsplit(':', 1)[-1]}-{key}.npy")
+
+
+def extract_features(encoder, encoder_path, split, image_size, cache_dir=None,
+                     bn_images=BN_RECALIBRATION_IMAGES):
+    """Features [n, d] of a split, read from / written to cache_dir when given. The encoder
+    must already be BN-recalibrated (see `features_for`)."""
+    path = _cache_path(cache_dir, encoder_path, split, image_size, bn_images)
+    if path and os.path.exists(path):
+        logging.info("features from cache %s", path)
+        return np.load(path)
     features = np.concatenate([encoder.predict_on_batch(batch)
                                for batch in split_images(split, image_size)])
     if path:
@@ -166,6 +210,17 @@ def extract_features(encoder, encoder_path, split, image_size, cache_dir=None):
         np.save(tmp, features)
         os.replace(tmp, path)
     return features
+
+
+def features_for(encoder, encoder_path, train, test, image_size, cache_dir=None,
+                 bn_images=BN_RECALIBRATION_IMAGES):
+    """(train, test) features: from the cache, or after recalibrating BN on `bn_images` train
+    images (0: keep the encoder's own moving statistics)."""
+    paths = [_cache_path(cache_dir, encoder_path, s, image_size, bn_images) for s in (train, test)]
+    if not all(p and os.path.exists(p) for p in paths):
+        recalibrate_batchnorm(encoder, train, image_size, bn_images)
+    return tuple(extract_features(encoder, encoder_path, s, image_size, cache_dir, bn_images)
+                 for s in (train, test))
 
 
 def _topk_accuracy(scores, labels, k):
@@ -230,27 +285,29 @@ def evaluate_features(protocol, train_features, train_labels, test_features, tes
 
 
 def evaluate_encoder(encoder, encoder_path, train, test, protocol, output_dir, seed=0,
-                     cache_dir=None, label=None):
+                     cache_dir=None, label=None, bn_images=BN_RECALIBRATION_IMAGES):
     """Runs one protocol, writes output_dir/eval_<protocol>.json and returns its contents."""
     started = time.time()
     image_size = encoder_image_size(encoder)
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(encoder_path)),
                                           "features")
-    train_features = extract_features(encoder, encoder_path, train, image_size, cache_dir)
-    test_features = extract_features(encoder, encoder_path, test, image_size, cache_dir)
+    train_features, test_features = features_for(encoder, encoder_path, train, test, image_size,
+                                                 cache_dir, bn_images)
     result = evaluate_features(protocol, train_features, train.labels, test_features,
                                test.labels, len(train.classes), seed)
     report = {"protocol": protocol, **result, "n_train": int(len(train.labels)),
               "n_test": int(len(test.labels)), "num_classes": len(train.classes),
               "encoder": os.path.abspath(encoder_path), "image_size": image_size,
               "feature_dim": int(train_features.shape[1]), "data": train.name.rsplit(":", 1)[0],
-              "seconds": round(time.time() - started, 2), "label": label or "encoder"}
+              "seconds": round(time.time() - started, 2), "label": label or "encoder",
+              "bn_recalibration_images": bn_images}
     if protocol == "linear":
         report["recipe"] = LINEAR_RECIPE
     else:
         report.update(k=KNN_K, temperature=KNN_TEMPERATURE)
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, f"eval_{protocol}.json"), "w") as f:
+    suffix = "" if bn_images == BN_RECALIBRATION_IMAGES else f"_bn{bn_images}"
+    with open(os.path.join(output_dir, f"eval_{protocol}{suffix}.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report
 
@@ -258,11 +315,12 @@ def evaluate_encoder(encoder, encoder_path, train, test, protocol, output_dir, s
 def format_table(reports):
     """A small text table of reports (one row each)."""
     lines = [f"{'model':<14}{'protocol':<9}{'top1':>7}{'top5':>7}{'n_train':>9}{'n_test':>8}"
-             f"{'size':>6}{'sec':>8}"]
+             f"{'size':>6}{'bn':>6}{'sec':>8}"]
     for r in reports:
         top5 = f"{100 * r['top5']:7.2f}" if "top5" in r else f"{'-':>7}"
         lines.append(f"{r['label']:<14}{r['protocol']:<9}{100 * r['top1']:7.2f}{top5}"
-                     f"{r['n_train']:>9}{r['n_test']:>8}{r['image_size']:>6}{r['seconds']:>8.1f}")
+                     f"{r['n_train']:>9}{r['n_test']:>8}{r['image_size']:>6}"
+                     f"{r.get('bn_recalibration_images', 0):>6}{r['seconds']:>8.1f}")
     return "\n".join(lines)
 
 
@@ -276,10 +334,6 @@ class KNNMonitor(keras.callbacks.Callback):
         self.train, self.test = folder_splits(data_dir)
         self.image_size, self.every = image_size, max(1, int(every))
 
-    def _features(self, encoder, split):
-        return np.concatenate([encoder.predict_on_batch(batch)
-                               for batch in split_images(split, self.image_size)])
-
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every or logs is None:
             return
@@ -287,9 +341,17 @@ class KNNMonitor(keras.callbacks.Callback):
 
         started = time.time()
         encoder = backbones.build_encoder(self.model.backbone, self.image_size)
-        result = evaluate_features("knn", self._features(encoder, self.train), self.train.labels,
-                                   self._features(encoder, self.test), self.test.labels,
-                                   len(self.train.classes))
+        # Recalibration must not leak into training: keep and restore the moving statistics.
+        moving = [v for v in encoder.non_trainable_variables if "moving" in v.path]
+        saved = [v.numpy() for v in moving]
+        try:
+            train_features, test_features = features_for(encoder, "", self.train, self.test,
+                                                         self.image_size)
+        finally:
+            for v, value in zip(moving, saved):
+                v.assign(value)
+        result = evaluate_features("knn", train_features, self.train.labels, test_features,
+                                   self.test.labels, len(self.train.classes))
         logs["knn_top1"] = result["top1"]
         logging.info("epoch %d: kNN top-1 %.4f on %s (%.1f s)", epoch + 1, result["top1"],
                      self.test.name, time.time() - started)

@@ -113,3 +113,17 @@ def test_knn_monitor_logs_knn_top1(tmp_path, image_folder, labelled_folder):
                                   monitor_data_dir=labelled_folder, verbose=0)
     summary = training.train(config)
     assert 0.0 <= summary["history"]["knn_top1"][0] <= 1.0
+
+
+def test_bn_recalibration_fixes_collapsed_random_features(labelled_folder):
+    keras.utils.set_random_seed(0)
+    encoder = backbones.build_encoder(backbones.build_backbone("mobilenetv3small"), 32)
+    train, _ = evaluation.folder_splits(labelled_folder)
+    batch = next(iter(evaluation.split_images(train, 32)))
+    before = encoder(batch, training=False).numpy()
+    assert before.std(0).mean() < 1e-6  # moving statistics at init: features collapse
+    assert evaluation.recalibrate_batchnorm(encoder, train, 32, num_images=30) > 0
+    after = encoder(batch, training=False).numpy()
+    assert after.std(0).mean() > 1e-3
+    bns = [l for l in encoder._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    assert all(l.momentum == 0.999 for l in bns)  # MobileNetV3's own momentum restored
