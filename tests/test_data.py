@@ -74,3 +74,14 @@ def test_tfds_offline_errors_are_one_line(tmp_path):
     assert "\n" not in str(e.value) and "--data_dir" in str(e.value)
     with pytest.raises(UsageError, match="unknown TFDS data set"):
         data.tfds_source("no_such_dataset_xyz", data_dir=str(tmp_path))
+
+
+def test_each_element_carries_the_index_of_its_own_file(image_folder):
+    """The memory-bank row of an element is the index of the file its views were cut from."""
+    source = data.folder_source(image_folder)
+    for epoch in (0, 3):
+        elements = list(data._epoch_orders(source, 32, seed=5)(tf.constant(epoch, tf.int64))
+                        .as_numpy_iterator())
+        assert sorted(int(i) for _, i, _ in elements) == list(range(32))
+        for key, index, _ in elements:
+            assert key.decode() == source.paths[index]
