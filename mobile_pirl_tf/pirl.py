@@ -16,7 +16,7 @@ momentum), applied to kernels only (no batch-norm parameters, no biases).
 import keras
 import tensorflow as tf
 
-from mobile_pirl_tf import heads, losses, memory_bank, views
+from mobile_pirl_tf import heads, losses, memory_bank
 
 
 class PIRL(keras.Model):

@@ -19,7 +19,6 @@ import time
 from typing import Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from mobile_pirl_tf import UsageError, backbones, data, evaluation, heads, losses, pirl, views

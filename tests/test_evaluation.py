@@ -54,7 +54,7 @@ def test_report_fields_and_feature_cache(encoder_dir, labelled_folder, monkeypat
     model_dir, path = encoder_dir
     encoder, _ = evaluation.load_encoder(str(model_dir))
     train, test = evaluation.folder_splits(labelled_folder)
-    report = evaluation.evaluate_encoder(encoder, path, train, test, "knn", str(model_dir))
+    evaluation.evaluate_encoder(encoder, path, train, test, "knn", str(model_dir))
     with open(model_dir / "eval_knn.json") as f:
         stored = json.load(f)
     for field in ("protocol", "top1", "n_train", "n_test", "encoder", "image_size", "seconds"):
@@ -84,7 +84,7 @@ def test_error_cases(tmp_path, labelled_folder):
         evaluation.load_encoder(str(tmp_path))
     with pytest.raises(UsageError, match="no train/ folder"):
         evaluation.folder_splits(str(tmp_path))
-    bad = write_labelled_folder(str(tmp_path / "bad"))
+    write_labelled_folder(str(tmp_path / "bad"))
     os.makedirs(tmp_path / "bad" / "test" / "purple")
     with pytest.raises(UsageError, match="test has classes that train/ lacks: purple"):
         evaluation.folder_splits(str(tmp_path / "bad"))
