@@ -122,7 +122,7 @@ def run(argv):
     for protocol in FLAGS.protocol:
         rows = {r["label"]: r["top1"] for r in reports if r["protocol"] == protocol}
         if {"pirl", "random", "supervised"} <= set(rows) and rows["supervised"] != rows["random"]:
-            gap = (rows["pirl"] - rows["random"]) / (rows["supervised"] - rows["random"])
+            gap = evaluation.gap_closed(rows["pirl"], rows["random"], rows["supervised"])
             print(f"{protocol}: gap_closed=(pirl - random) / (supervised - random) = {gap:.3f}")
 
 
@@ -138,19 +138,17 @@ def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir):
         return []
     with open(config_path) as f:
         config = json.load(f)
+    asked = bool(FLAGS.supervised_epochs or FLAGS.supervised_minutes)
     reports = []
     for kind in ("random", "supervised"):
         base_dir = os.path.join(output_dir, "baselines", kind)
         present = os.path.exists(os.path.join(base_dir, "encoder.keras"))
-        if kind == "supervised" and not (present or FLAGS.supervised_epochs
-                                         or FLAGS.supervised_minutes):
-            print(f"(supervised baseline not run: pass --supervised_minutes=M or "
-                  f"--supervised_epochs=N to compute it into {base_dir})")
-            continue
-        if kind == "supervised" and present and not (FLAGS.supervised_epochs
-                                                      or FLAGS.supervised_minutes):
-            base_encoder, path = evaluation.load_encoder(encoder_path=os.path.join(
-                base_dir, "encoder.keras"))
+        if kind == "supervised" and not asked:
+            if not present:
+                print(f"(supervised baseline not run: pass --supervised_minutes=M or "
+                      f"--supervised_epochs=N to compute it into {base_dir})")
+                continue
+            base_encoder, path = evaluation.load_encoder(base_dir)  # from an earlier run
         else:
             base_encoder, path = _baseline_encoder(
                 kind, config["backbone"], evaluation.encoder_image_size(encoder),

@@ -23,7 +23,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from mobile_pirl_tf import data, training, views  # noqa: E402
@@ -44,12 +43,7 @@ IMAGENET_ROWS = 1_281_167
 
 
 def make_batch(num_examples):
-    rng = np.random.default_rng(0)
-    size, q = FLAGS.image_size, views.jigsaw_geometry(FLAGS.image_size).patch_input
-    b = FLAGS.batch_size
-    return {"image": tf.constant(rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)),
-            "patches": tf.constant(rng.uniform(0, 255, (b, 9, q, q, 3)).astype(np.float32)),
-            "index": tf.constant(rng.choice(num_examples, b, replace=False).astype(np.int64))}
+    return data.synthetic_batch(FLAGS.batch_size, FLAGS.image_size, num_examples)
 
 
 def make_model(num_examples, **overrides):

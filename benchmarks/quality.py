@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mobile_pirl_tf import baselines, evaluation, training, views  # noqa: E402
+from mobile_pirl_tf import baselines, data, evaluation, training  # noqa: E402
 
 flags.DEFINE_string("data_root", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                                               "data", "imagenette"), "train/ and test/ folders.")
@@ -59,11 +59,8 @@ def pirl_epochs_for_budget(num_examples, budget_seconds):
     config = pirl_config(1, "/nonexistent")
     model = training.build_pirl(config, num_examples)
     training.build_variables(model, config)
-    q = views.jigsaw_geometry(FLAGS.image_size).patch_input
-    b, s = FLAGS.batch_size, FLAGS.image_size
-    batch = {"image": tf.random.uniform([b, s, s, 3], 0, 255),
-             "patches": tf.random.uniform([b, 9, q, q, 3], 0, 255),
-             "index": tf.range(b, dtype=tf.int64)}
+    b = FLAGS.batch_size
+    batch = data.synthetic_batch(b, FLAGS.image_size)
     step = tf.function(model.train_step)
     step(batch)
     step(batch)
@@ -129,7 +126,7 @@ def main(argv):
         for protocol in ("linear", "knn"):
             top1 = {r["label"]: r["top1"] for r in reports
                     if r["protocol"] == protocol and r["bn_recalibration_images"] == bn_images}
-            gap = (top1["pirl"] - top1["random"]) / (top1["supervised"] - top1["random"])
+            gap = evaluation.gap_closed(top1["pirl"], top1["random"], top1["supervised"])
             print(f"{protocol} bn_recalibration_images={bn_images}: "
                   f"pirl={100 * top1['pirl']:.2f} random={100 * top1['random']:.2f} "
                   f"supervised={100 * top1['supervised']:.2f} "

@@ -13,7 +13,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mobile_pirl_tf import backbones, data, views
+from mobile_pirl_tf import backbones, data, evaluation, views
 
 
 def random_encoder(backbone_name, image_size, width=1.0, seed=0):
@@ -28,14 +28,9 @@ def _train_view(image, image_size, seed):
 
 
 def supervised_dataset(split, image_size, batch_size, seed=0):
-    n = len(split.labels)
+    keys, decode = evaluation.split_keys(split)
     labels = tf.data.Dataset.from_tensor_slices(split.labels)
-    if split.dataset is not None:
-        keys, decode = split.dataset.map(lambda key, _: key), data.decode_image
-    else:
-        keys = tf.data.Dataset.from_tensor_slices(split.keys)
-        decode = lambda path: data.decode_image(tf.io.read_file(path))  # noqa: E731
-    ds = tf.data.Dataset.zip(keys, labels).shuffle(n, seed=seed).repeat().enumerate()
+    ds = tf.data.Dataset.zip(keys, labels).shuffle(len(split.labels), seed=seed).repeat().enumerate()
     ds = ds.map(lambda i, kl: (_train_view(decode(kl[0]), image_size,
                                            data.example_seed(seed, 0, i)), kl[1]),
                 num_parallel_calls=tf.data.AUTOTUNE)

@@ -17,6 +17,7 @@ import logging
 import os
 from typing import Callable, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from mobile_pirl_tf import UsageError, views
@@ -34,9 +35,9 @@ class Source:
     keys: tf.data.Dataset
     num_examples: int
     decode: Callable[[tf.Tensor], tf.Tensor]
-    shuffle_buffer: int
     skipped: int = 0
     paths: Optional[list] = None      # random access (folders): exact per-epoch permutations
+    shuffle_buffer: int = 0           # sequential sources (TFDS) only
 
 
 def decode_image(encoded):
@@ -49,7 +50,7 @@ def decode_image(encoded):
     return image
 
 
-def _read_and_decode(path):
+def read_and_decode(path):
     return decode_image(tf.io.read_file(path))
 
 
@@ -96,7 +97,7 @@ def folder_source(root):
     else:
         logging.info("%s: %d images", root, len(files))
     return Source(name=os.path.abspath(root), keys=tf.data.Dataset.from_tensor_slices(files),
-                  num_examples=len(files), decode=_read_and_decode, shuffle_buffer=len(files),
+                  num_examples=len(files), decode=read_and_decode,
                   skipped=corrupt + not_images, paths=files)
 
 
@@ -199,6 +200,19 @@ def _epoch_orders(source: Source, examples_per_epoch, seed):
         return shuffled.take(examples_per_epoch).enumerate().map(
             lambda position, key_index: (key_index[0], key_index[1], position))
     return epoch_elements
+
+
+def synthetic_batch(batch_size, image_size, num_examples=None, seed=0):
+    """A batch shaped like the pipeline's (random pixels, distinct indices), for building
+    variables and timing steps without reading images."""
+    rng = np.random.default_rng(seed)
+    q = views.jigsaw_geometry(image_size).patch_input
+    num_examples = num_examples or batch_size
+    return {
+        "image": tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32),
+        "patches": tf.constant(rng.uniform(0, 255, (batch_size, views.NUM_PATCHES, q, q, 3)),
+                               tf.float32),
+        "index": tf.constant(rng.choice(num_examples, batch_size, replace=False), tf.int64)}
 
 
 def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch, seed=0,

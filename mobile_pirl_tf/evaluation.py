@@ -105,15 +105,17 @@ def centre_crop(image, size):
     return tf.image.resize_with_crop_or_pad(resized, size, size)
 
 
+def split_keys(split):
+    """(dataset of keys in the split's order, key -> uint8 RGB image)."""
+    if split.dataset is not None:
+        return split.dataset.map(lambda key, _: key), data.decode_image
+    return tf.data.Dataset.from_tensor_slices(split.keys), data.read_and_decode
+
+
 def split_images(split, image_size, batch_size=128):
     """Batches of centre-cropped float pixels [0, 255] in the split's order."""
-    if split.dataset is not None:
-        images = split.dataset.map(lambda key, _: data.decode_image(key))
-    else:
-        images = tf.data.Dataset.from_tensor_slices(split.keys).map(
-            lambda path: data.decode_image(tf.io.read_file(path)),
-            num_parallel_calls=tf.data.AUTOTUNE)
-    return images.map(lambda im: centre_crop(im, image_size),
+    keys, decode = split_keys(split)
+    return keys.map(lambda key: centre_crop(decode(key), image_size),
                       num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
 
 
@@ -310,6 +312,11 @@ def evaluate_encoder(encoder, encoder_path, train, test, protocol, output_dir, s
     with open(os.path.join(output_dir, f"eval_{protocol}{suffix}.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report
+
+
+def gap_closed(pirl, random, supervised):
+    """(pirl - random) / (supervised - random): the share of the supervised gain PIRL recovers."""
+    return (pirl - random) / (supervised - random)
 
 
 def format_table(reports):

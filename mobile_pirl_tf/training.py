@@ -21,7 +21,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, backbones, data, evaluation, heads, losses, pirl, views
+from mobile_pirl_tf import UsageError, backbones, data, evaluation, heads, losses, pirl
 
 STRATEGIES = ("default", "mirrored")
 # Fields that may change between a run and its resumption.
@@ -108,9 +108,7 @@ def build_pirl(config, num_examples, backbone=None):
 
 def build_variables(model, config):
     """Creates every model and optimizer variable (so a checkpoint restores into them)."""
-    patch = views.jigsaw_geometry(config.image_size).patch_input
-    model({"image": tf.zeros([1, config.image_size, config.image_size, 3]),
-           "patches": tf.zeros([1, views.NUM_PATCHES, patch, patch, 3])})
+    model(data.synthetic_batch(1, config.image_size))
     model.optimizer.build(model.trainable_variables)
 
 
