@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, views
+from mobile_pirl_tf import UsageError, transforms, views
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # TFDS names -> the split used for unlabelled pretraining.
@@ -166,11 +166,13 @@ def example_seed(seed, epoch, position):
     return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
 
 
-def pirl_views(image, index, seed, image_size):
-    """One training element: {"image": v_I, "patches": v_I^t, "index": i}."""
-    image_seed, jigsaw_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    patches, _ = views.jigsaw_view(image, image_size, jigsaw_seed)
-    return {"image": views.image_view(image, image_size, image_seed), "patches": patches,
+def pirl_views(image, index, seed, image_size, names=("jigsaw",),
+               params=transforms.TransformParams()):
+    """One training element: {"image": v_I, "patches" or "transformed": v_I^t, "index": i}."""
+    image_seed, transformed_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    key = "patches" if transforms.ends_in_patches(names) else "transformed"
+    return {"image": views.image_view(image, image_size, image_seed),
+            key: transforms.transformed_view(image, image_size, names, transformed_seed, params),
             "index": index}
 
 
@@ -202,27 +204,34 @@ def _epoch_orders(source: Source, examples_per_epoch, seed):
     return epoch_elements
 
 
-def synthetic_batch(batch_size, image_size, num_examples=None, seed=0):
+def synthetic_batch(batch_size, image_size, num_examples=None, seed=0, names=("jigsaw",)):
     """A batch shaped like the pipeline's (random pixels, distinct indices), for building
     variables and timing steps without reading images."""
     rng = np.random.default_rng(seed)
     q = views.jigsaw_geometry(image_size).patch_input
     num_examples = num_examples or batch_size
-    return {
+    batch = {
         "image": tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32),
-        "patches": tf.constant(rng.uniform(0, 255, (batch_size, views.NUM_PATCHES, q, q, 3)),
-                               tf.float32),
         "index": tf.constant(rng.choice(num_examples, batch_size, replace=False), tf.int64)}
+    if transforms.ends_in_patches(names):
+        batch["patches"] = tf.constant(
+            rng.uniform(0, 255, (batch_size, views.NUM_PATCHES, q, q, 3)), tf.float32)
+    else:
+        batch["transformed"] = tf.constant(
+            rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32)
+    return batch
 
 
 def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch, seed=0,
-                        first_epoch=0, last_epoch: Optional[int] = None):
+                        first_epoch=0, last_epoch: Optional[int] = None, names=("jigsaw",),
+                        params=transforms.TransformParams()):
     """Batches for epochs [first_epoch, last_epoch) (forever when last_epoch is None)."""
     epoch_elements = _epoch_orders(source, steps_per_epoch * batch_size, seed)
     epochs = tf.data.Dataset.range(first_epoch, last_epoch if last_epoch is not None else 2**62)
     elements = epochs.flat_map(lambda epoch: epoch_elements(epoch).map(
         lambda key, index, position: (key, index, example_seed(seed, epoch, position))))
-    ds = elements.map(lambda key, index, s: pirl_views(source.decode(key), index, s, image_size),
+    ds = elements.map(lambda key, index, s: pirl_views(source.decode(key), index, s, image_size,
+                                                       names, params),
                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # A file that passed the integrity scan but still fails to decode is dropped, not fatal.
     ds = ds.ignore_errors(log_warning=True)

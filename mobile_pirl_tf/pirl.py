@@ -4,7 +4,9 @@ Total loss (PIRL Eq. 5), with m_I the memory-bank row of image I:
 
     L = lambda * L(m_I, g(v_I^t)) + (1 - lambda) * L(m_I, f(v_I)),   lambda = 0.5
 
-each term drawing its own negatives. `train_step` runs inside `tf.distribute` (model.fit calls
+each term drawing its own negatives. v_I^t is the transformed view (`transforms`): 9 jigsaw
+patches (batch key "patches", head g) or, for a view that ends in an image, one image
+(batch key "transformed", a head shaped like f with its own weights, f_t). `train_step` runs inside `tf.distribute` (model.fit calls
 it through `strategy.run`): the loss is averaged over the GLOBAL batch (gradients are summed
 over replicas), and the bank update uses the all-gathered embeddings and indices so every
 replica's copy of the bank stays identical.
@@ -18,11 +20,14 @@ import tensorflow as tf
 
 from mobile_pirl_tf import heads, losses, memory_bank
 
+TRANSFORMED_KINDS = ("patches", "image")
+
 
 class PIRL(keras.Model):
     def __init__(self, backbone, num_examples, embedding_dim=128, head="linear",
                  num_negatives=32000, temperature=0.07, pirl_lambda=0.5, bank_momentum=0.5,
-                 loss="nce", weight_decay=1e-4, shared_negatives=False, seed=0, **kwargs):
+                 loss="nce", weight_decay=1e-4, shared_negatives=False, seed=0,
+                 transformed="patches", **kwargs):
         super().__init__(**kwargs)
         if loss not in losses.LOSSES:
             raise ValueError(f"loss must be one of {losses.LOSSES}, got {loss!r}")
@@ -30,7 +35,13 @@ class PIRL(keras.Model):
             raise ValueError(f"PIRL needs at least 2 training examples, got {num_examples}")
         self.backbone = backbone
         self.image_head = heads.ImageHead(embedding_dim, head, name="f")
-        self.jigsaw_head = heads.JigsawHead(embedding_dim, head, name="g")
+        if transformed not in TRANSFORMED_KINDS:
+            raise ValueError(f"transformed must be one of {TRANSFORMED_KINDS}, got {transformed!r}")
+        self.transformed = transformed
+        if transformed == "patches":
+            self.transformed_head = heads.JigsawHead(embedding_dim, head, name="g")
+        else:
+            self.transformed_head = heads.ImageHead(embedding_dim, head, name="f_t")
         self.bank = memory_bank.MemoryBank(num_examples, embedding_dim, bank_momentum, seed,
                                            name="memory_bank")
         self.num_examples = int(num_examples)
@@ -45,7 +56,7 @@ class PIRL(keras.Model):
         self.z_ready = self.add_weight(shape=(), initializer="zeros", trainable=False,
                                        aggregation="only_first_replica", name="nce_z_ready")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in (
-            "loss", "loss_jigsaw", "loss_image", "positive_similarity", "negative_similarity")}
+            "loss", "loss_transformed", "loss_image", "positive_similarity", "negative_similarity")}
 
     def build(self, input_shape):
         """Sub-layers build on the first call (the backbone takes images and patches)."""
@@ -55,26 +66,30 @@ class PIRL(keras.Model):
         return list(self.trackers.values())
 
     def call(self, inputs, training=False):
-        """Returns (f(v_I), g(v_I^t)), both [B, embedding_dim] and unit-norm."""
-        images, patches = inputs["image"], inputs["patches"]
-        z_image = self.image_head(self.backbone(images, training=training))
+        """Returns (f(v_I), g(v_I^t) or f_t(v_I^t)), both [B, embedding_dim] and unit-norm."""
+        z_image = self.image_head(self.backbone(inputs["image"], training=training))
+        if self.transformed == "image":
+            return z_image, self.transformed_head(self.backbone(inputs["transformed"],
+                                                                training=training))
+        patches = inputs["patches"]
         batch, num_patches = tf.shape(patches)[0], patches.shape[1]
         # The 9 patches of the batch go through the backbone as one batch of B * 9.
         patch_features = self.backbone(tf.reshape(patches, [-1, *patches.shape[2:]]),
                                        training=training)
         patch_features = tf.reshape(patch_features, [batch, num_patches, -1])
-        return z_image, self.jigsaw_head(patch_features)
+        return z_image, self.transformed_head(patch_features)
 
     def train_step(self, data):
         index = tf.cast(data["index"], tf.int64)
         ctx = tf.distribute.get_replica_context()
         step = self.optimizer.iterations
         with tf.GradientTape() as tape:
-            z_image, z_jigsaw = self(data, training=True)
+            z_image, z_transformed = self(data, training=True)
             positives = self.bank.read(index)          # read BEFORE the update below
-            loss_jigsaw = self.contrastive_loss(z_jigsaw, positives, index, step, term=0)
+            loss_transformed = self.contrastive_loss(z_transformed, positives, index, step, term=0)
             loss_image = self.contrastive_loss(z_image, positives, index, step, term=1)
-            per_example = self.pirl_lambda * loss_jigsaw + (1 - self.pirl_lambda) * loss_image
+            per_example = (self.pirl_lambda * loss_transformed
+                           + (1 - self.pirl_lambda) * loss_image)
             global_batch = tf.shape(index)[0] * ctx.num_replicas_in_sync
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
         variables = self.trainable_variables
@@ -82,7 +97,7 @@ class PIRL(keras.Model):
         self.optimizer.apply(gradients, variables)
         self.bank.update(ctx.all_gather(tf.stop_gradient(z_image), 0), ctx.all_gather(index, 0))
 
-        for name, value in (("loss", per_example), ("loss_jigsaw", loss_jigsaw),
+        for name, value in (("loss", per_example), ("loss_transformed", loss_transformed),
                             ("loss_image", loss_image)):
             self.trackers[name].update_state(value)
         self.trackers["positive_similarity"].update_state(tf.reduce_sum(z_image * positives, -1))

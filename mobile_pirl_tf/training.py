@@ -21,11 +21,15 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, backbones, data, evaluation, heads, losses, pirl
+from mobile_pirl_tf import (UsageError, backbones, data, evaluation, heads, losses, pirl,
+                            transforms)
 
 STRATEGIES = ("default", "mirrored")
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = ("epochs", "model_dir", "verbose", "monitor_data_dir", "monitor_every")
+
+
+_TRANSFORM_DEFAULTS = transforms.TransformParams()
 
 
 @dataclasses.dataclass
@@ -35,6 +39,13 @@ class TrainConfig:
     width: float = 1.0
     head: str = "linear"
     embedding_dim: int = 128
+    transforms: str = "jigsaw"
+    crop_min_scale: float = _TRANSFORM_DEFAULTS.crop_min_scale
+    cutout_size: float = _TRANSFORM_DEFAULTS.cutout_size
+    color_strength: float = _TRANSFORM_DEFAULTS.color_strength
+    noise_std: float = _TRANSFORM_DEFAULTS.noise_std
+    blur_p: float = _TRANSFORM_DEFAULTS.blur_p
+    blur_sigma_max: float = _TRANSFORM_DEFAULTS.blur_sigma_max
     loss: str = "nce"
     num_negatives: int = 32000
     shared_negatives: bool = False
@@ -60,6 +71,8 @@ class TrainConfig:
 
     def validate(self):
         backbones.check_backbone(self.backbone, self.width)
+        self.transform_names()
+        self.transform_params().validate()
         checks = [
             (self.head in heads.HEAD_KINDS, f"--head must be one of {', '.join(heads.HEAD_KINDS)}"),
             (self.loss in losses.LOSSES, f"--loss must be one of {', '.join(losses.LOSSES)}"),
@@ -81,6 +94,16 @@ class TrainConfig:
                 raise UsageError(message)
         return self
 
+    def transform_names(self):
+        return transforms.parse(self.transforms)
+
+    def transform_params(self):
+        return transforms.TransformParams(**{
+            f.name: getattr(self, f.name) for f in dataclasses.fields(transforms.TransformParams)})
+
+    def transformed_kind(self):
+        return "patches" if transforms.ends_in_patches(self.transform_names()) else "image"
+
     def lr_for_batch(self):
         """The linear scaling rule of the recipe: learning_rate per 256 images."""
         return self.learning_rate * self.batch_size / 256
@@ -100,7 +123,7 @@ def build_pirl(config, num_examples, backbone=None):
         num_negatives=config.num_negatives, temperature=config.temperature,
         pirl_lambda=config.pirl_lambda, bank_momentum=config.bank_momentum, loss=config.loss,
         weight_decay=config.weight_decay, shared_negatives=config.shared_negatives,
-        seed=config.seed, name="pirl")
+        seed=config.seed, transformed=config.transformed_kind(), name="pirl")
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=config.lr_for_batch(),
                                                  momentum=config.momentum))
     return model
@@ -108,7 +131,7 @@ def build_pirl(config, num_examples, backbone=None):
 
 def build_variables(model, config):
     """Creates every model and optimizer variable (so a checkpoint restores into them)."""
-    model(data.synthetic_batch(1, config.image_size))
+    model(data.synthetic_batch(1, config.image_size, names=config.transform_names()))
     model.optimizer.build(model.trainable_variables)
 
 
@@ -246,7 +269,8 @@ def train(config: TrainConfig, backbone_fn=None):
     history_logs = {}
     if initial_epoch < config.epochs:
         dataset = data.pretraining_dataset(source, config.image_size, config.batch_size,
-                                           steps_per_epoch, config.seed, initial_epoch, config.epochs)
+                                           steps_per_epoch, config.seed, initial_epoch, config.epochs,
+                                           config.transform_names(), config.transform_params())
         callbacks = [EpochCheckpoint(manager, epoch_variable)]
         if config.monitor_data_dir:  # before TensorBoard, so knn_top1 is logged
             callbacks.append(evaluation.KNNMonitor(config.monitor_data_dir, config.image_size,

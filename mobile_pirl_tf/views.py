@@ -122,7 +122,7 @@ def photometric_augment(x, seed):
     return tf.image.stateless_random_flip_left_right(x, s[3])
 
 
-def _to_unit_float(image):
+def to_unit_float(image):
     image = tf.convert_to_tensor(image)
     if image.dtype == tf.uint8:
         return tf.image.convert_image_dtype(image, tf.float32)
@@ -132,7 +132,7 @@ def _to_unit_float(image):
 def image_view(image, image_size, seed):
     """v_I: random-resized crop (scale 0.08-1) + photometric augmentation, [S, S, 3] in [0, 255]."""
     s = _split(seed, 2)
-    x = random_resized_crop(_to_unit_float(image), image_size, (0.08, 1.0), s[0])
+    x = random_resized_crop(to_unit_float(image), image_size, (0.08, 1.0), s[0])
     return photometric_augment(x, s[1]) * 255.0
 
 
@@ -168,7 +168,7 @@ def jigsaw_view(image, image_size, seed):
     """
     geom = jigsaw_geometry(image_size)
     s = _split(seed, 2 + NUM_PATCHES)
-    crop = random_resized_crop(_to_unit_float(image), geom.crop, (0.6, 1.0), s[0])
+    crop = random_resized_crop(to_unit_float(image), geom.crop, (0.6, 1.0), s[0])
     patches, permutation = jigsaw_patches(crop, geom, s[1])
     patches = tf.stack([photometric_augment(patches[k], s[2 + k]) for k in range(NUM_PATCHES)])
     return patches * 255.0, permutation

@@ -36,7 +36,7 @@ def test_two_epochs_write_checkpoint_encoder_and_run_json(two_epoch_run):
     assert summary["skipped_files"] == 2
     assert len(summary["history"]["loss"]) == 2
     assert all(math.isfinite(x) for x in summary["history"]["loss"])
-    for key in ("loss", "loss_jigsaw", "loss_image", "learning_rate"):
+    for key in ("loss", "loss_transformed", "loss_image", "learning_rate"):
         assert key in summary["final"]
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-2")
     with open(os.path.join(model_dir, "run.json")) as f:

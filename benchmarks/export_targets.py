@@ -1,0 +1,83 @@
+"""Size and latency targets of the int8 export, per mobile backbone (issue #6 targets).
+
+    python benchmarks/export_targets.py [--image_size=224] [--backbones=mobilenetv2,...]
+
+For each backbone, in one run on this machine (LiteRT interpreter, XNNPACK, median of
+--runs invokes after warm-up, 1 and 2 threads):
+
+- int8_size_ratio      = int8 file / float32 file                      (target <= 0.28)
+- int8_latency_ratio   = int8 median / float32 median, per thread count (target <= 0.5)
+- export_vs_plain      = our float32 encoder / a plain keras.applications export of the same
+                         network (include_top=False, pooling="avg"), per thread count
+                         (target <= 1.02; keras.applications networks only)
+
+Weights are random (size and latency do not depend on their values), with batch-norm
+statistics re-estimated on real images so that int8 calibration sees realistic activations;
+int8 is calibrated on --calibration_images real images.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+import keras  # noqa: E402
+
+from mobile_pirl_tf import backbones, data, evaluation, export, tflite  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenette")
+PLAIN = {"mobilenetv2": "MobileNetV2", "mobilenetv3small": "MobileNetV3Small",
+         "mobilenetv3large": "MobileNetV3Large", "efficientnetb0": "EfficientNetB0"}
+
+flags.DEFINE_integer("image_size", 224, "Input size.")
+flags.DEFINE_list("backbones", ["mobilenetv2", "mobilenetv3small", "mobilenetv3large",
+                                "efficientnetb0", "efficientnetlite0", "mnasnet_a1", "mnasnet_b1"],
+                  "Backbones.")
+flags.DEFINE_string("data_root", DATA, "train/ and test/ folders of real images.")
+flags.DEFINE_integer("calibration_images", 200, "int8 calibration images.")
+flags.DEFINE_integer("runs", 50, "Timed invokes.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    size = FLAGS.image_size
+    train, _ = evaluation.folder_splits(FLAGS.data_root)
+    source = data.folder_source(os.path.join(FLAGS.data_root, "train"))
+    calibration = export.sample_images(source, FLAGS.calibration_images, size)
+    print(f"image_size={size} runs={FLAGS.runs} calibration_images={len(calibration)}")
+    for name in FLAGS.backbones:
+        keras.utils.set_random_seed(0)
+        encoder = backbones.build_encoder(backbones.build_backbone(name), size)
+        evaluation.recalibrate_batchnorm(encoder, train, size, num_images=256)
+        float32 = tflite.convert(encoder, "float32")
+        int8 = tflite.convert(encoder, "int8", calibration)
+        line = [f"{name}: float32_kb={len(float32) / 1024:.0f} int8_kb={len(int8) / 1024:.0f} "
+                f"int8_size_ratio={len(int8) / len(float32):.3f}"]
+        plain = None
+        if name in PLAIN:
+            net = getattr(keras.applications, PLAIN[name])(
+                include_top=False, weights=None, pooling="avg", input_shape=(size, size, 3))
+            plain = tflite.convert(net, "float32")
+        for threads in (1, 2):
+            # Interleaved rounds, median of the medians: the machine's noise hits all alike.
+            rounds = {"float32": [], "int8": [], "plain": []}
+            for _ in range(3):
+                for key, model in (("float32", float32), ("int8", int8), ("plain", plain)):
+                    if model is not None:
+                        rounds[key].append(tflite.measure_latency(model, threads, FLAGS.runs)
+                                           ["median_ms"])
+            ms = {k: sorted(v)[len(v) // 2] for k, v in rounds.items() if v}
+            line.append(f"{threads}thr: float32_ms={ms['float32']:.2f} int8_ms={ms['int8']:.2f} "
+                        f"int8_latency_ratio={ms['int8'] / ms['float32']:.3f}")
+            if "plain" in ms:
+                line.append(f"plain_keras_ms={ms['plain']:.2f} "
+                            f"export_vs_plain={ms['float32'] / ms['plain']:.3f}")
+        print(" ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

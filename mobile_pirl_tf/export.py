@@ -1,0 +1,167 @@
+"""Export an encoder to TFLite variants and report what each costs and wins
+(`python export/to_tflite.py`).
+
+For every variant (`tflite.VARIANTS`) the report holds: file size (and its ratio to float32);
+agreement with the Keras encoder on held-out real images (mean and minimum cosine similarity of
+the features, largest absolute difference); the linear-probe top-1 of `evaluation` computed on
+the TFLite features (when a labelled folder is given, beside the Keras encoder's own); host
+latency with the LiteRT interpreter and XNNPACK (median and p90 after warm-up, per thread
+count); the op list (no Flex op may appear). A variant whose mean cosine falls below its
+tolerance (`MIN_COSINE`) fails the export loudly, after the report is written.
+
+Images: calibration (int8), QAT distillation and agreement images are centre crops of the
+training data (the same data flags as train.py), drawn with a fixed seed; the agreement images
+are disjoint from the others.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from mobile_pirl_tf import UsageError, evaluation, tflite
+
+# Smallest acceptable mean cosine similarity to the Keras encoder's features, per variant.
+MIN_COSINE = {"float32": 0.9999, "float16": 0.999, "dynamic": 0.99, "int8": 0.90,
+              "qat_int8": 0.90}
+MIN_CALIBRATION_IMAGES = 200
+
+
+def sample_images(source, count, image_size, seed=0, skip=0):
+    """`count` centre-cropped float images [count, S, S, 3] of a data source, after skipping the
+    first `skip` of a seeded order (so two calls with different `skip` do not overlap)."""
+    if source.paths is not None:
+        order = np.random.default_rng(seed).permutation(len(source.paths))[skip:skip + count]
+        keys = tf.data.Dataset.from_tensor_slices([source.paths[i] for i in order])
+    else:
+        keys = source.keys.shuffle(min(source.num_examples, 10_000), seed=seed,
+                                   reshuffle_each_iteration=False).skip(skip).take(count)
+    images = keys.map(lambda k: evaluation.centre_crop(source.decode(k), image_size))
+    images = images.ignore_errors()
+    return np.stack(list(images.as_numpy_iterator())) if count else np.zeros((0,))
+
+
+def agreement(reference, features):
+    """Cosine similarity (mean, min) and max |difference| of two [N, d] feature sets."""
+    a = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
+    b = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    cosine = np.sum(a * b, axis=1)
+    return {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
+            "max_abs_diff": float(np.max(np.abs(reference - features)))}
+
+
+def probe(features_fn, train, test, image_size, seed=0):
+    """Linear-probe top-1 of features_fn(images) on a labelled split pair."""
+    def extract(split):
+        return np.concatenate([features_fn(batch.numpy())
+                               for batch in evaluation.split_images(split, image_size)])
+    result = evaluation.evaluate_features("linear", extract(train), train.labels, extract(test),
+                                          test.labels, len(train.classes), seed)
+    return result["top1"]
+
+
+def export_encoder(encoder, out_dir, variants, source, backbone=None, width=1.0,
+                   calibration_images=256, agreement_images=100, int8_io="uint8",
+                   qat_epochs=2, qat_learning_rate=1e-4, probe_splits=None, latency_runs=50,
+                   threads=(1, 2), seed=0, log=print):
+    """Writes <variant>.tflite files and report.json to out_dir; returns the report."""
+    size = int(encoder.input.shape[1])
+    needs_images = any(v in ("int8", "qat_int8") for v in variants)
+    calibration = np.zeros((0, size, size, 3), np.float32)
+    if needs_images:
+        calibration = sample_images(source, calibration_images, size, seed)
+        if len(calibration) < min(MIN_CALIBRATION_IMAGES, calibration_images):
+            raise UsageError(f"int8 calibration needs at least {MIN_CALIBRATION_IMAGES} images; "
+                             f"{source.name} gave {len(calibration)}; point the data flags at a "
+                             "larger set (or pass a smaller --calibration_images to accept it)")
+    held_out = sample_images(source, agreement_images, size, seed, skip=calibration_images)
+    if len(held_out) == 0:
+        held_out = sample_images(source, agreement_images, size, seed)
+    reference = np.asarray(encoder.predict(held_out, verbose=0, batch_size=32))
+    report = {"encoder_input": size, "backbone": backbone, "variants": {},
+              "calibration_images": int(len(calibration)), "agreement_images": int(len(held_out)),
+              "int8_io": int8_io, "data": source.name, "threads": list(threads),
+              "latency_runs": latency_runs, "min_cosine": MIN_COSINE}
+    if probe_splits:
+        train, test = probe_splits
+        report["keras_probe_top1"] = probe(
+            lambda x: np.asarray(encoder.predict(x, verbose=0, batch_size=32)), train, test, size, seed)
+        log(f"keras encoder: linear-probe top-1 {100 * report['keras_probe_top1']:.2f}")
+    os.makedirs(out_dir, exist_ok=True)
+    failures = []
+    for variant in variants:
+        started = time.time()
+        log(f"{variant}: converting ...")
+        model, extra = encoder, {}
+        if variant == "qat_int8":
+            model, extra = quantization_aware(encoder, backbone, width, calibration, qat_epochs,
+                                              qat_learning_rate, seed)
+        flatbuffer = tflite.convert(model, variant, calibration, int8_io)
+        path = os.path.join(out_dir, f"{variant}.tflite")
+        with open(path + ".tmp", "wb") as f:
+            f.write(flatbuffer)
+        os.replace(path + ".tmp", path)
+        entry = {"file": path, "bytes": len(flatbuffer), "ops": tflite.op_names(flatbuffer),
+                 "flex_ops": tflite.flex_ops(flatbuffer), **extra,
+                 **agreement(reference, tflite.run(flatbuffer, held_out))}
+        if probe_splits:
+            entry["probe_top1"] = probe(lambda x: tflite.run(flatbuffer, x), *probe_splits, size, seed)
+        entry["latency_ms"] = {str(t): tflite.measure_latency(flatbuffer, t, latency_runs)
+                               for t in threads}
+        entry["passed"] = entry["cosine_mean"] >= MIN_COSINE[variant] and not entry["flex_ops"]
+        entry["seconds"] = round(time.time() - started, 1)
+        report["variants"][variant] = entry
+        if not entry["passed"]:
+            failures.append(f"{variant} (cosine {entry['cosine_mean']:.4f} < "
+                            f"{MIN_COSINE[variant]}, flex ops {entry['flex_ops']})")
+    base = report["variants"].get("float32", {}).get("bytes")
+    for entry in report["variants"].values():
+        entry["size_vs_float32"] = entry["bytes"] / base if base else None
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    log(format_report(report))
+    if failures:
+        raise ExportMismatch("converted model disagrees with the Keras encoder: "
+                             + "; ".join(failures) + f" (report: {out_dir}/report.json)")
+    return report
+
+
+class ExportMismatch(RuntimeError):
+    """A converted variant disagrees with the Keras encoder beyond its tolerance."""
+
+
+def quantization_aware(encoder, backbone, width, images, epochs, learning_rate, seed):
+    """The QAT model (tf_keras) of `encoder`, fine-tuned by feature distillation on `images`."""
+    from mobile_pirl_tf import qat  # tf_keras and tfmot stay confined to this import
+
+    if backbone is None:
+        raise UsageError("qat_int8 needs the backbone name: pass --backbone (or a --model_dir "
+                         "whose config.json names it)")
+    twin = qat.twin(encoder, backbone, width)
+    difference = qat.twin_max_difference(encoder, twin, images[:8])
+    model = qat.quantize_aware(twin)
+    qat.calibrate_ranges(model, twin, images)
+    teacher = np.asarray(encoder.predict(images, verbose=0, batch_size=32))
+    losses = qat.distill(model, images, teacher, epochs, learning_rate, seed=seed)
+    return model, {"twin_max_abs_diff": difference, "qat_epochs": epochs,
+                   "qat_distillation_loss": losses}
+
+
+def format_report(report):
+    threads = report["threads"]
+    head = ["variant", "KB", "x float32", "cos mean", "cos min", "max |diff|", "probe top-1"]
+    head += [f"ms {t} thr (p90)" for t in threads]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in report["variants"].items():
+        ratio = e.get("size_vs_float32")
+        cells = [name, f"{e['bytes'] / 1024:.0f}", f"{ratio:.3f}" if ratio else "-",
+                 f"{e['cosine_mean']:.4f}", f"{e['cosine_min']:.4f}", f"{e['max_abs_diff']:.3g}",
+                 f"{100 * e['probe_top1']:.2f}" if "probe_top1" in e else "-"]
+        cells += [f"{e['latency_ms'][str(t)]['median_ms']:.2f} ({e['latency_ms'][str(t)]['p90_ms']:.2f})"
+                  for t in threads]
+        lines.append("| " + " | ".join(cells) + " |")
+    if "keras_probe_top1" in report:
+        lines.append(f"\nKeras encoder linear-probe top-1: {100 * report['keras_probe_top1']:.2f}")
+    return "\n".join(lines)

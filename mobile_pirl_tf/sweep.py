@@ -1,0 +1,215 @@
+"""The contingency sweep of pretext transformations (the proposal's Fig. 3).
+
+    python -m mobile_pirl_tf.sweep --backbone=mobilenetv3small --image_size=64 \\
+        --transforms=crop,cutout,color,sobel --data_dir=../shared/data/imagenette/train \\
+        --eval_data_dir=../shared/data/imagenette --epochs=3 --output_dir=runs/sweep \\
+        [--extra_cells=jigsaw,jigsaw+rotation]
+
+Trains PIRL once per cell: every transform alone and every unordered pair (applied in the order
+the transforms are listed: for crop,color the pair is crop+color), all with the same budget
+(epochs, steps per epoch, batch and every other flag), then runs the linear probe of
+`evaluation` on each encoder. `--extra_cells` adds named compositions (for example the jigsaw
+baselines) trained and probed the same way, listed in the table but not in the heat-map.
+
+Writes to --output_dir:
+    cells/<spec>/      each cell's PIRL run (resumable: a rerun continues an interrupted cell)
+    results.csv        one row per cell: spec, first, second, status, top1, top5, seconds,
+                       error, and every training flag
+    heatmap.png        rows: first transform, columns: second, diagonal: the transform alone,
+                       linear-probe top-1 (%) printed in each cell
+
+Finished cells are read back from results.csv and not recomputed; a cell that fails is recorded
+(status "failed" and its one-line error) and the sweep goes on; a rerun retries it. A usage
+error (a bad flag, a missing data set), which would fail every cell, stops the sweep at once.
+"""
+
+import csv
+import dataclasses
+import itertools
+import os
+import sys
+import time
+
+from mobile_pirl_tf import UsageError, evaluation, train_flags, training, transforms
+
+RESULT_FIELDS = ["spec", "first", "second", "status", "top1", "top5", "knn_top1", "seconds",
+                 "error"]
+
+
+def cells(names, extra=()):
+    """[(spec, first, second)]: singles, unordered pairs in the listed order, then extras."""
+    out = [(n, n, "") for n in names]
+    out += [(f"{a}+{b}", a, b) for a, b in itertools.combinations(names, 2)]
+    out += [(spec, spec, "") for spec in extra]
+    return out
+
+
+def read_results(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        return {row["spec"]: row for row in csv.DictReader(f)}
+
+
+def write_results(path, rows, flag_fields):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS + flag_fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def run_cell(base_config, spec, cell_dir, train_split, test_split):
+    """Trains and probes one cell; returns its result fields."""
+    config = dataclasses.replace(base_config, transforms=spec, model_dir=cell_dir)
+    started = time.time()
+    summary = training.train(config)
+    encoder, path = evaluation.load_encoder(encoder_path=summary["encoder"])
+    linear = evaluation.evaluate_encoder(encoder, path, train_split, test_split, "linear", cell_dir,
+                                         config.seed, label=spec)
+    knn = evaluation.evaluate_encoder(encoder, path, train_split, test_split, "knn", cell_dir,
+                                      config.seed, label=spec)
+    return {"status": "done", "top1": f"{linear['top1']:.6f}",
+            "top5": "" if linear.get("top5") is None else f"{linear['top5']:.6f}",
+            "knn_top1": f"{knn['top1']:.6f}", "seconds": f"{time.time() - started:.1f}",
+            "error": ""}
+
+
+def _eta(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_sweep(base_config, names, eval_data_dir, output_dir, extra=(), log=print):
+    """Runs every cell not finished yet; returns the result rows (also in results.csv)."""
+    for spec in list(names) + list(extra):
+        transforms.parse(spec)
+    if len(set(names)) != len(names):
+        raise UsageError("--transforms lists a transform twice")
+    base_config = dataclasses.replace(base_config, transforms=names[0]).validate()
+    train_split, test_split = evaluation.folder_splits(eval_data_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "results.csv")
+    previous = read_results(path)
+    flags = {k: v for k, v in dataclasses.asdict(base_config).items()
+             if k not in ("transforms", "model_dir", "verbose")}
+    flag_fields = sorted(flags)
+    todo = cells(names, extra)
+    rows, durations = [], []
+    pending = [spec for spec, _, _ in todo if previous.get(spec, {}).get("status") != "done"]
+    log(f"sweep: {len(todo)} cells, {len(todo) - len(pending)} already done, "
+        f"{len(pending)} to run -> {path}")
+    for spec, first, second in todo:
+        row = {"spec": spec, "first": first, "second": second, **flags}
+        if previous.get(spec, {}).get("status") == "done":
+            rows.append({**previous[spec], **{k: row[k] for k in ("first", "second")}})
+            continue
+        left = len(pending) - len(durations)
+        eta = f", about {_eta(sum(durations) / len(durations) * left)} left" if durations else ""
+        log(f"[cell {len(durations) + 1}/{len(pending)}] {spec}: running ({left} left{eta})")
+        started = time.time()
+        try:
+            row.update(run_cell(base_config, spec, os.path.join(output_dir, "cells", spec),
+                                train_split, test_split))
+            log(f"[cell {len(durations) + 1}/{len(pending)}] {spec}: top1 "
+                f"{100 * float(row['top1']):.2f}% in {_eta(time.time() - started)}")
+        except (KeyboardInterrupt, UsageError):  # a bad flag or data set fails every cell: stop
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
+            message = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            row.update(status="failed", error=message, seconds=f"{time.time() - started:.1f}")
+            log(f"[cell {len(durations) + 1}/{len(pending)}] {spec}: FAILED ({message})")
+        durations.append(time.time() - started)
+        rows.append(row)
+        write_results(path, rows + [previous[s] for s, _, _ in todo[len(rows):] if s in previous],
+                      flag_fields)
+    write_results(path, rows, flag_fields)
+    return rows
+
+
+def heatmap(rows, names, png_path, title=""):
+    """The contingency heat-map (module docstring) of the finished cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(names)
+    grid = np.full((n, n), np.nan)
+    by_spec = {r["spec"]: r for r in rows if r.get("status") == "done"}
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            spec = a if i == j else f"{a}+{b}"
+            if spec in by_spec:
+                grid[i, j] = 100 * float(by_spec[spec]["top1"])
+    fig, ax = plt.subplots(figsize=(1.1 * n + 2, 1.0 * n + 1.5))
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="Greens")
+    for i in range(n):
+        for j in range(n):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=10)
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("2nd transformation")
+    ax.set_ylabel("1st transformation")
+    ax.set_title(title or "PIRL linear-probe top-1 (%)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return png_path
+
+
+def markdown_table(rows):
+    lines = ["| cell | linear top-1 | kNN top-1 | status | seconds |", "|---|---|---|---|---|"]
+    for r in rows:
+        top1 = f"{100 * float(r['top1']):.2f}" if r.get("top1") else "-"
+        knn = f"{100 * float(r['knn_top1']):.2f}" if r.get("knn_top1") else "-"
+        lines.append(f"| {r['spec']} | {top1} | {knn} | {r['status']} | {r.get('seconds', '')} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    import logging as std_logging
+
+    from absl import flags
+
+    del argv
+    f = flags.FLAGS
+    std_logging.getLogger().setLevel(std_logging.INFO)
+    base = train_flags.config_from_flags(transforms="jigsaw", model_dir="")
+    try:
+        if not f.eval_data_dir:
+            raise UsageError("--eval_data_dir is required: a folder with train/<class>/ and "
+                             "test/<class>/ for the linear probe")
+        rows = run_sweep(base, f.transforms, f.eval_data_dir, f.output_dir, f.extra_cells)
+    except UsageError as e:
+        sys.exit(f"error: {e}")
+    png = heatmap(rows, f.transforms, os.path.join(f.output_dir, "heatmap.png"),
+                  f"PIRL {base.backbone} {base.image_size}px, {base.epochs} epochs: "
+                  "linear top-1 (%)")
+    print(markdown_table(rows))
+    print(f"wrote {os.path.join(f.output_dir, 'results.csv')} and {png}")
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_list("transforms", ["crop", "cutout", "color", "sobel", "noise", "blur",
+                                     "rotation"], "Transforms of the sweep (comma-separated).")
+    flags.DEFINE_list("extra_cells", [], "Extra compositions to train and probe, e.g. "
+                      "jigsaw,jigsaw+rotation.")
+    flags.DEFINE_string("eval_data_dir", None, "Labelled folder with train/ and test/ for the probe.")
+    flags.DEFINE_string("output_dir", "runs/sweep", "Where cells, results.csv and heatmap.png go.")
+    train_flags.define_flags(exclude=("transforms", "model_dir", "monitor_data_dir",
+                                      "monitor_every"))
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
