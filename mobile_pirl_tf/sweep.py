@@ -147,10 +147,12 @@ def heatmap(rows, names, png_path, title=""):
                 grid[i, j] = 100 * float(by_spec[spec]["top1"])
     fig, ax = plt.subplots(figsize=(1.1 * n + 2, 1.0 * n + 1.5))
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="Greens")
+    middle = (np.nanmin(grid) + np.nanmax(grid)) / 2 if np.isfinite(grid).any() else 0.0
     for i in range(n):
         for j in range(n):
             if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=10)
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=10,
+                        color="white" if grid[i, j] > middle else "black")
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
     ax.set_xlabel("2nd transformation")

@@ -83,7 +83,7 @@ def test_int8_io_type_is_selectable(mobilenetv3_export, labelled_folder):
         assert runner.get_output_details()[0]["dtype"] == dtype
 
 
-@pytest.mark.parametrize("name", ["mobilenetv3small", "efficientnetb0", "mnasnet_a1"])
+@pytest.mark.parametrize("name", ["mobilenetv2", "mobilenetv3small", "efficientnetb0", "mnasnet_a1"])
 def test_tf_keras_twin_reproduces_the_encoder(name, labelled_folder):
     from mobile_pirl_tf import qat
 
