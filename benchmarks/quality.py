@@ -40,6 +40,8 @@ flags.DEFINE_float("temperature", 0.07, "PIRL temperature.")
 flags.DEFINE_float("bank_momentum", 0.5, "Memory-bank momentum.")
 flags.DEFINE_string("head", "linear", "PIRL heads.")
 flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_integer("pirl_epochs", None, "PIRL epochs (default: as many as the measured step "
+                     "time fits in the budget); set it to compare runs at equal epochs.")
 flags.DEFINE_list("skip", [], "Methods to skip (pirl, supervised, random): reuse earlier results.")
 FLAGS = flags.FLAGS
 
@@ -85,7 +87,7 @@ def main(argv):
 
     pirl_dir = os.path.join(out, "pirl")
     if "pirl" not in FLAGS.skip:
-        epochs = pirl_epochs_for_budget(len(train.labels), budget)
+        epochs = FLAGS.pirl_epochs or pirl_epochs_for_budget(len(train.labels), budget)
         started = time.time()
         training.train(pirl_config(epochs, pirl_dir))
         timings["pirl"] = round(time.time() - started, 1)
