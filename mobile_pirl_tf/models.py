@@ -88,7 +88,7 @@ def describe(name, image_size, runs=50, threads=(1, 2)):
         row["params_vs_published"] = row["params_with_head"] / published[0] - 1
         row["macs_vs_published"] = row["macs_with_head"] / published[1] - 1
     if runs:
-        flatbuffer = tflite.convert_float32(encoder)
+        flatbuffer = tflite.convert(encoder, "float32")
         row["tflite_float32_bytes"] = len(flatbuffer)
         for t in threads:
             row[f"latency_ms_{t}thread"] = tflite.measure_latency(flatbuffer, t, runs)["median_ms"]

@@ -33,11 +33,6 @@ def converter_for(model):
     return converter
 
 
-def convert_float32(model):
-    """The float32 flatbuffer (bytes) of a Keras model with a fixed input shape."""
-    return converter_for(model).convert()
-
-
 VARIANTS = ("float32", "float16", "dynamic", "int8", "qat_int8")
 INT8_IO_TYPES = {"uint8": tf.uint8, "int8": tf.int8}
 
@@ -76,10 +71,11 @@ def convert(model, variant, representative_images=None, io_type="uint8"):
     return converter.convert()
 
 
-def run(model_content, images, num_threads=2):
+def run(model, images, num_threads=2):
     """Features [N, d] of float pixel images [N, S, S, 3], one invoke per image; quantized
-    inputs are quantized and quantized outputs dequantized with the model's own parameters."""
-    runner = interpreter(model_content, num_threads)
+    inputs are quantized and quantized outputs dequantized with the model's own parameters.
+    `model` is a flatbuffer (bytes) or a ready interpreter (to reuse it over many batches)."""
+    runner = interpreter(model, num_threads) if isinstance(model, bytes) else model
     inp, out = runner.get_input_details()[0], runner.get_output_details()[0]
     features = []
     for image in np.asarray(images, np.float32):
