@@ -39,6 +39,7 @@ flags.DEFINE_bool("shared_negatives", True, "Shared negatives (faster on CPU).")
 flags.DEFINE_float("temperature", 0.07, "PIRL temperature.")
 flags.DEFINE_float("bank_momentum", 0.5, "Memory-bank momentum.")
 flags.DEFINE_string("head", "linear", "PIRL heads.")
+flags.DEFINE_float("view_min_scale", 0.08, "Smallest area fraction of the image view's crop.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_integer("pirl_epochs", None, "PIRL epochs (default: as many as the measured step "
                      "time fits in the budget); set it to compare runs at equal epochs.")
@@ -52,26 +53,32 @@ def pirl_config(epochs, model_dir):
         epochs=epochs, learning_rate=FLAGS.learning_rate, loss=FLAGS.loss,
         num_negatives=FLAGS.num_negatives, shared_negatives=FLAGS.shared_negatives,
         temperature=FLAGS.temperature, bank_momentum=FLAGS.bank_momentum, head=FLAGS.head,
+        view_min_scale=FLAGS.view_min_scale,
         seed=FLAGS.seed, data_dir=os.path.join(FLAGS.data_root, "train"), model_dir=model_dir,
         verbose=2)
 
 
 def pirl_epochs_for_budget(num_examples, budget_seconds):
-    """Epochs that fit the budget, from the measured time of a train step (plus 10% margin)."""
+    """Epochs that fit the budget, from the measured time of train steps fed by the real input
+    pipeline (it shares the CPU with the step), plus a 10% margin."""
     config = pirl_config(1, "/nonexistent")
     model = training.build_pirl(config, num_examples)
     training.build_variables(model, config)
-    b = FLAGS.batch_size
-    batch = data.synthetic_batch(b, FLAGS.image_size)
+    source = data.folder_source(config.data_dir)
+    batches = iter(data.pretraining_dataset(source, config.image_size, config.batch_size,
+                                            num_examples // config.batch_size, config.seed,
+                                            names=config.transform_names(),
+                                            params=config.transform_params()))
     step = tf.function(model.train_step)
-    step(batch)
-    step(batch)
+    for _ in range(3):  # tracing, and the pipeline filling its buffers
+        float(step(next(batches))["loss"])
+    timed = 10
     start = time.perf_counter()
-    for _ in range(5):
-        out = step(batch)
+    for _ in range(timed):
+        out = step(next(batches))
     float(out["loss"])
-    per_step = (time.perf_counter() - start) / 5 * 1.1
-    steps_per_epoch = num_examples // b
+    per_step = (time.perf_counter() - start) / timed * 1.1
+    steps_per_epoch = num_examples // config.batch_size
     epochs = max(1, int((budget_seconds - 60) / (per_step * steps_per_epoch)))  # 60 s: tracing
     logging.info("PIRL: %.3f s/step, %d steps/epoch -> %d epochs", per_step, steps_per_epoch, epochs)
     return epochs
@@ -140,7 +147,8 @@ def main(argv):
                    "flags": {k: FLAGS[k].value for k in ("backbone", "image_size", "budget_minutes",
                                                          "batch_size", "learning_rate", "loss",
                                                          "num_negatives", "shared_negatives",
-                                                         "temperature", "bank_momentum", "head")}},
+                                                         "temperature", "bank_momentum", "head",
+                                                         "view_min_scale", "pirl_epochs")}},
                   f, indent=2)
 
 

@@ -171,7 +171,7 @@ def pirl_views(image, index, seed, image_size, names=("jigsaw",),
     """One training element: {"image": v_I, "patches" or "transformed": v_I^t, "index": i}."""
     image_seed, transformed_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     key = "patches" if transforms.ends_in_patches(names) else "transformed"
-    return {"image": views.image_view(image, image_size, image_seed),
+    return {"image": views.image_view(image, image_size, image_seed, params.view_min_scale),
             key: transforms.transformed_view(image, image_size, names, transformed_seed, params),
             "index": index}
 

@@ -20,6 +20,8 @@ FLAG_HELP = {
     "transforms": ("string", "The transformed view v_I^t: one of " + ", ".join(transforms.NAMES)
                    + ", or up to three joined by '+' and applied in order (jigsaw+rotation: "
                    "the paper's PIRL Jigsaw+Rotation)."),
+    "view_min_scale": ("float", "Image view v_I: smallest area fraction of its random-resized "
+                       "crop (PIRL/VISSL: 0.08; larger is a weaker augmentation)."),
     "crop_min_scale": ("float", "crop: smallest area fraction."),
     "cutout_size": ("float", "cutout: square side as a fraction of the image side."),
     "color_strength": ("float", "color: SimCLR colour distortion strength s."),

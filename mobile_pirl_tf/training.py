@@ -40,6 +40,7 @@ class TrainConfig:
     head: str = "linear"
     embedding_dim: int = 128
     transforms: str = "jigsaw"
+    view_min_scale: float = _TRANSFORM_DEFAULTS.view_min_scale
     crop_min_scale: float = _TRANSFORM_DEFAULTS.crop_min_scale
     cutout_size: float = _TRANSFORM_DEFAULTS.cutout_size
     color_strength: float = _TRANSFORM_DEFAULTS.color_strength
@@ -183,7 +184,8 @@ def prepare_model_dir(config, num_examples):
     wanted = {**dataclasses.asdict(config), "num_examples": num_examples}
     if os.path.exists(path):
         with open(path) as f:
-            stored = json.load(f)
+            # A field added after that run was made takes its default (the run used it).
+            stored = {**dataclasses.asdict(TrainConfig()), **json.load(f)}
         diff = sorted(k for k in set(_comparable(stored)) | set(_comparable(wanted))
                       if stored.get(k) != wanted.get(k))
         if diff:

@@ -46,6 +46,8 @@ PER_VIEW_AFTER_JIGSAW = ("rotation",)
 
 @dataclasses.dataclass(frozen=True)
 class TransformParams:
+    """Strengths of the transformations (and of the image view's crop, `view_min_scale`)."""
+    view_min_scale: float = 0.08
     crop_min_scale: float = 0.08
     cutout_size: float = 0.5
     color_strength: float = 1.0
@@ -54,7 +56,8 @@ class TransformParams:
     blur_sigma_max: float = 2.0
 
     def validate(self):
-        checks = [(0 < self.crop_min_scale <= 1, "--crop_min_scale must be in (0, 1]"),
+        checks = [(0 < self.view_min_scale <= 1, "--view_min_scale must be in (0, 1]"),
+                  (0 < self.crop_min_scale <= 1, "--crop_min_scale must be in (0, 1]"),
                   (0 < self.cutout_size <= 1, "--cutout_size must be in (0, 1]"),
                   (self.color_strength >= 0, "--color_strength must be >= 0"),
                   (self.noise_std >= 0, "--noise_std must be >= 0"),

@@ -129,10 +129,11 @@ def to_unit_float(image):
     return tf.cast(image, tf.float32) / 255.0
 
 
-def image_view(image, image_size, seed):
-    """v_I: random-resized crop (scale 0.08-1) + photometric augmentation, [S, S, 3] in [0, 255]."""
+def image_view(image, image_size, seed, min_scale=0.08):
+    """v_I: random-resized crop (scale min_scale-1; the paper's 0.08) + photometric augmentation,
+    [S, S, 3] in [0, 255]."""
     s = _split(seed, 2)
-    x = random_resized_crop(to_unit_float(image), image_size, (0.08, 1.0), s[0])
+    x = random_resized_crop(to_unit_float(image), image_size, (min_scale, 1.0), s[0])
     return photometric_augment(x, s[1]) * 255.0
 
 

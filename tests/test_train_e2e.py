@@ -72,6 +72,20 @@ def test_other_configuration_is_refused_and_nothing_is_overwritten(two_epoch_run
     assert open(os.path.join(model_dir, "config.json")).read() == before
 
 
+def test_run_made_before_a_field_existed_still_resumes(two_epoch_run, image_folder):
+    """A config.json written before a flag was added (here: view_min_scale) is read with that
+    flag's default, so the run resumes instead of being refused as another configuration."""
+    model_dir, _ = two_epoch_run
+    path = os.path.join(model_dir, "config.json")
+    stored = json.load(open(path))
+    del stored["view_min_scale"]
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    training.prepare_model_dir(cfg(model_dir, image_folder), 32)  # no error
+    with pytest.raises(UsageError, match="another configuration.*view_min_scale"):
+        training.prepare_model_dir(cfg(model_dir, image_folder, view_min_scale=0.3), 32)
+
+
 def test_foreign_non_empty_model_dir_is_refused(tmp_path, image_folder):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(UsageError, match="not empty"):

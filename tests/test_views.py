@@ -88,3 +88,19 @@ def test_photometric_pieces():
     np.testing.assert_allclose(auto.max(axis=(0, 1)), 1, atol=1e-6)
     assert len(np.unique(np.round(views.posterize(x, 2).numpy() * 255))) <= 4
     np.testing.assert_allclose(views.sharpness(x, 1.0).numpy(), x.numpy(), atol=1e-6)
+
+
+def test_image_view_min_scale_reaches_the_crop(monkeypatch):
+    """--view_min_scale goes from the training params to the image view's crop; 0 is refused."""
+    from mobile_pirl_tf import UsageError, data, transforms
+    seen = []
+    real = views.random_resized_crop
+    monkeypatch.setattr(views, "random_resized_crop",
+                        lambda image, size, scale, seed, **kw: seen.append(scale) or
+                        real(image, size, scale, seed, **kw))
+    image = tf.zeros([80, 80, 3], tf.uint8)
+    data.pirl_views(image, 0, _seed(0), 64, ("rotation",),
+                    transforms.TransformParams(view_min_scale=0.5))
+    assert seen == [(0.5, 1.0)]
+    with pytest.raises(UsageError, match="view_min_scale"):
+        transforms.TransformParams(view_min_scale=0.0).validate()
