@@ -39,6 +39,8 @@ flags.DEFINE_string("tfds_data_dir", None, "Where prepared TFDS data sets are.")
 flags.DEFINE_integer("calibration_images", 256, "int8 calibration (and QAT) images (>= 200).")
 flags.DEFINE_integer("agreement_images", 100, "Held-out images for the agreement check.")
 flags.DEFINE_enum("int8_io", "uint8", ["uint8", "int8"], "Input/output type of the int8 files.")
+flags.DEFINE_integer("qat_images", 1024, "Unlabelled images for QAT's feature distillation "
+                     "(besides the calibration images; disjoint from the agreement images).")
 flags.DEFINE_integer("qat_epochs", 2, "Feature-distillation epochs of quantization-aware training.")
 flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of QAT.")
 flags.DEFINE_string("eval_data_dir", None, "Labelled folder (train/, test/) for the linear "
@@ -46,6 +48,9 @@ flags.DEFINE_string("eval_data_dir", None, "Labelled folder (train/, test/) for 
 flags.DEFINE_integer("latency_runs", 50, "Timed invokes per thread count (after warm-up).")
 flags.DEFINE_list("threads", ["1", "2"], "LiteRT thread counts to time.")
 flags.DEFINE_integer("seed", 0, "Seed of the image samples and QAT.")
+flags.DEFINE_integer("recalibrate_bn_images", 0, "First re-estimate the encoder's batch-norm "
+                     "statistics on this many images of the data flags (the encoder file is not "
+                     "changed); for a short run whose statistics have not settled.")
 FLAGS = flags.FLAGS
 
 
@@ -91,10 +96,10 @@ def main(argv):
         export.export_encoder(
             encoder, out_dir, FLAGS.variants, source, backbone=backbone, width=width,
             calibration_images=FLAGS.calibration_images, agreement_images=FLAGS.agreement_images,
-            int8_io=FLAGS.int8_io, qat_epochs=FLAGS.qat_epochs,
+            int8_io=FLAGS.int8_io, qat_images=FLAGS.qat_images, qat_epochs=FLAGS.qat_epochs,
             qat_learning_rate=FLAGS.qat_learning_rate, probe_splits=probe_splits,
             latency_runs=FLAGS.latency_runs, threads=[int(t) for t in FLAGS.threads],
-            seed=FLAGS.seed)
+            seed=FLAGS.seed, recalibrate_bn_images=FLAGS.recalibrate_bn_images)
     except (UsageError, export.ExportMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -142,9 +142,17 @@ def recalibrate_batchnorm(encoder, split, image_size, num_images=BN_RECALIBRATIO
         subset = dataclasses.replace(split, keys=[split.keys[i] for i in order], dataset=None)
     else:
         subset = dataclasses.replace(split, dataset=split.dataset.take(num_images))
+    return recalibrate_batchnorm_on(encoder, split_images(subset, image_size, batch_size))
+
+
+def recalibrate_batchnorm_on(encoder, batches):
+    """Sets every BatchNormalization layer's moving statistics to the average of its batch
+    statistics over `batches` (an iterable of image batches); returns the number of layers."""
+    layers = [layer for layer in encoder._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in layers]
     try:
-        for i, batch in enumerate(split_images(subset, image_size, batch_size)):
+        for i, batch in enumerate(batches):
             for layer in layers:  # new = m * old + (1 - m) * batch: a running average over batches
                 layer.momentum = i / (i + 1)
             encoder(batch, training=True)

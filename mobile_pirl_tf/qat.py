@@ -14,8 +14,9 @@ the package writes `import keras`, Keras 3, and never `tf.keras`).
    swish); here those layers are simply left un-annotated: they stay float during QAT, and the
    int8 converter calibrates them with the representative images like post-training int8 does.
 3. `distill(...)`: label-free fine-tuning by FEATURE DISTILLATION: the fake-quantized encoder
-   learns to reproduce the float encoder's pooled features (mean squared error) on unlabelled
-   images. Chosen over the PIRL loss because it needs no memory bank or heads, cannot drift away
+   learns to reproduce the float encoder's pooled features on unlabelled images (mean squared
+   error of the features standardised by the float encoder's per-feature spread, the scale
+   the linear probe sees: plain MSE lets a few large features drown the small ones). Chosen over the PIRL loss because it needs no memory bank or heads, cannot drift away
    from the representation that was evaluated in float, and targets exactly what quantization
    damages (the features), so a few epochs on a few hundred images suffice.
 """
@@ -194,7 +195,14 @@ def distill(qat_model, images, teacher_features, epochs, learning_rate=1e-4, bat
     for layer in qat_model.layers:
         if isinstance(getattr(layer, "layer", layer), tf_keras.layers.BatchNormalization):
             layer.trainable = False
-    qat_model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss="mse")
+    teacher_features = np.asarray(teacher_features, np.float32)
+    spread = teacher_features.std(axis=0)
+    scale = 1.0 / np.maximum(spread, 1e-3 * max(float(spread.max()), 1e-12))
+
+    def standardised_mse(target, prediction):
+        return tf_keras.backend.mean(tf_keras.backend.square((prediction - target) * scale), -1)
+
+    qat_model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=standardised_mse)
     history = qat_model.fit(np.asarray(images, np.float32), np.asarray(teacher_features, np.float32),
                             batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose)
     return [float(x) for x in history.history["loss"]]

@@ -52,7 +52,7 @@ def test_every_variant_converts_runs_and_agrees(mobilenetv3_export):
     for name, entry in report["variants"].items():
         assert os.path.getsize(os.path.join(out, f"{name}.tflite")) == entry["bytes"]
         assert entry["flex_ops"] == [] and not any(op.startswith("Flex") for op in entry["ops"])
-        assert entry["passed"] and entry["cosine_mean"] >= export.MIN_COSINE[name]
+        assert entry["passed"] and entry["centred_cosine_mean"] >= export.MIN_COSINE[name]
     assert report["variants"]["float32"]["max_abs_diff"] < 1e-3
     # Quantized files are smaller; the int8 model really is integer inside.
     assert report["variants"]["int8"]["size_vs_float32"] < 0.4
@@ -66,10 +66,49 @@ def test_report_has_its_documented_fields(mobilenetv3_export):
     assert stored["variants"].keys() == report["variants"].keys()
     for entry in stored["variants"].values():
         for field in ("file", "bytes", "size_vs_float32", "cosine_mean", "cosine_min",
+                      "centred_cosine_mean", "centred_cosine_min", "feature_spread",
                       "max_abs_diff", "latency_ms", "ops", "flex_ops", "passed"):
             assert field in entry
         assert set(entry["latency_ms"]["1"]) >= {"median_ms", "p90_ms", "runs", "threads"}
     assert stored["calibration_images"] == 20 and stored["agreement_images"] == 8
+
+
+def test_agreement_sees_lost_differences_behind_a_common_mean():
+    """Features = a large shared vector + small per-image signal. A conversion that keeps the
+    shared part but rounds the signal away has raw cosine ~1; the centred cosine shows it."""
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=64) * 10
+    reference = common + 1e-3 * rng.normal(size=(20, 64))
+    lost = np.tile(common, (20, 1)) + 1e-3 * rng.normal(size=(20, 64))  # signal replaced by noise
+    kept = reference + 1e-5 * rng.normal(size=(20, 64))
+    bad, good = export.agreement(reference, lost), export.agreement(reference, kept)
+    assert bad["cosine_mean"] > 0.9999 and bad["centred_cosine_mean"] < 0.5
+    assert good["centred_cosine_mean"] > 0.99
+    assert bad["feature_spread"] < export.LOW_FEATURE_SPREAD
+    same = export.agreement(reference, reference)
+    assert same["centred_cosine_min"] == pytest.approx(1.0) and same["max_abs_diff"] == 0
+
+
+def test_stale_batchnorm_is_flagged_and_recalibration_fixes_it(tmp_path, labelled_folder):
+    """Stale BN statistics (here: the last BN layer's moving variance 1e6 x too large, as a
+    short run leaves them far from the real ones) make the features near-constant: the export
+    warns; --recalibrate_bn_images re-estimates the statistics first, and the warning goes."""
+    source = data.folder_source(os.path.join(labelled_folder, "train"))
+    spreads, warnings = {}, {}
+    for images in (0, 16):
+        encoder = trained_like_encoder("mobilenetv3small", labelled_folder)
+        last_bn = [layer for layer in encoder._flatten_layers()
+                   if isinstance(layer, keras.layers.BatchNormalization)][-1]
+        last_bn.moving_variance.assign(last_bn.moving_variance * 1e6)
+        messages = []
+        report = export.export_encoder(encoder, str(tmp_path / str(images)), ["float32"], source,
+                                       agreement_images=8, latency_runs=1, threads=(1,),
+                                       recalibrate_bn_images=images, log=messages.append)
+        assert report["bn_recalibration_images"] == images
+        spreads[images] = report["feature_spread"]
+        warnings[images] = [m for m in messages if m.startswith("warning:")]
+    assert spreads[0] < export.LOW_FEATURE_SPREAD < spreads[16]
+    assert "--recalibrate_bn_images" in warnings[0][0] and not warnings[16]
 
 
 def test_int8_io_type_is_selectable(mobilenetv3_export, labelled_folder):
@@ -102,7 +141,7 @@ def test_qat_runs_one_epoch_and_converts(name, labelled_folder):
     encoder = trained_like_encoder(name, labelled_folder)
     source = data.folder_source(os.path.join(labelled_folder, "train"))
     images = export.sample_images(source, 16, SIZE)
-    model, info = export.quantization_aware(encoder, name, 1.0, images, epochs=1,
+    model, info = export.quantization_aware(encoder, name, 1.0, images, images, epochs=1,
                                             learning_rate=1e-4, seed=0)
     assert info["qat_epochs"] == 1 and len(info["qat_distillation_loss"]) == 1
     assert np.isfinite(info["qat_distillation_loss"][0])
