@@ -133,9 +133,7 @@ def recalibrate_batchnorm(encoder, split, image_size, num_images=BN_RECALIBRATIO
     pretraining run leaves them stale and mixed with jigsaw-patch statistics. Returns the number
     of BN layers recalibrated.
     """
-    layers = [layer for layer in encoder._flatten_layers(include_self=False)
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    if not layers or num_images <= 0:
+    if num_images <= 0:
         return 0
     order = np.random.default_rng(seed).permutation(len(split.labels))[:num_images]
     if split.keys is not None:
@@ -150,6 +148,8 @@ def recalibrate_batchnorm_on(encoder, batches):
     statistics over `batches` (an iterable of image batches); returns the number of layers."""
     layers = [layer for layer in encoder._flatten_layers(include_self=False)
               if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
     momenta = [layer.momentum for layer in layers]
     try:
         for i, batch in enumerate(batches):

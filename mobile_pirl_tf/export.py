@@ -52,6 +52,13 @@ def _cosines(a, b):
     return np.sum(a * b, axis=1)
 
 
+def feature_spread(features):
+    """|std over images| / |mean| of [N, d] features: near 0, they barely tell images apart."""
+    features = np.asarray(features, np.float64)
+    return float(np.linalg.norm(features.std(axis=0))
+                 / max(np.linalg.norm(features.mean(axis=0)), 1e-12))
+
+
 def agreement(reference, features):
     """How far converted features are from the reference, over [N, d] rows of the same images.
 
@@ -68,12 +75,10 @@ def agreement(reference, features):
     cosine = _cosines(reference, features)
     mean = reference.mean(axis=0, keepdims=True) if len(reference) > 1 else 0.0
     centred = _cosines(reference - mean, features - mean)
-    spread = np.linalg.norm(reference.std(axis=0)) / max(np.linalg.norm(reference.mean(axis=0)),
-                                                         1e-12)
     return {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
             "centred_cosine_mean": float(centred.mean()),
             "centred_cosine_min": float(centred.min()),
-            "feature_spread": float(spread),
+            "feature_spread": feature_spread(reference),
             "max_abs_diff": float(np.max(np.abs(reference - features)))}
 
 
@@ -113,7 +118,7 @@ def export_encoder(encoder, out_dir, variants, source, backbone=None, width=1.0,
     if len(held_out) == 0:
         held_out = sample_images(source, agreement_images, size, seed)
     reference = np.asarray(encoder.predict(held_out, verbose=0, batch_size=32))
-    spread = agreement(reference, reference)["feature_spread"]
+    spread = feature_spread(reference)
     if spread < LOW_FEATURE_SPREAD:
         log(f"warning: the encoder's features barely differ between images (spread {spread:.2g}"
             f" of their mean): its batch-norm statistics may be stale (a short run); "
