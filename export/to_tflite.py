@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from mobile_pirl_tf import UsageError, tflite  # noqa: E402
+from mobile_pirl_tf import UsageError, export, tflite  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "A train.py run folder (holds encoder.keras, config.json).")
 flags.DEFINE_string("encoder", None, "An encoder .keras file (instead of --model_dir).")
@@ -39,9 +39,11 @@ flags.DEFINE_string("tfds_data_dir", None, "Where prepared TFDS data sets are.")
 flags.DEFINE_integer("calibration_images", 256, "int8 calibration (and QAT) images (>= 200).")
 flags.DEFINE_integer("agreement_images", 100, "Held-out images for the agreement check.")
 flags.DEFINE_enum("int8_io", "uint8", ["uint8", "int8"], "Input/output type of the int8 files.")
-flags.DEFINE_integer("qat_images", 1024, "Unlabelled images for QAT's feature distillation "
-                     "(besides the calibration images; disjoint from the agreement images).")
-flags.DEFINE_integer("qat_epochs", 2, "Feature-distillation epochs of quantization-aware training.")
+flags.DEFINE_integer("qat_images", export.QAT_IMAGES, "Unlabelled images for QAT's feature "
+                     "distillation (besides the calibration images; disjoint from the agreement "
+                     "images).")
+flags.DEFINE_integer("qat_epochs", export.QAT_EPOCHS,
+                     "Feature-distillation epochs of quantization-aware training.")
 flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of QAT.")
 flags.DEFINE_string("eval_data_dir", None, "Labelled folder (train/, test/) for the linear "
                     "probe on each variant's features (optional).")
@@ -66,7 +68,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.getLogger().setLevel(logging.WARNING)
-    from mobile_pirl_tf import backbones, data, evaluation, export
+    from mobile_pirl_tf import backbones, data, evaluation
 
     try:
         if not FLAGS.model_dir and not FLAGS.encoder:
