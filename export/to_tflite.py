@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from mobile_pirl_tf import UsageError, export, tflite  # noqa: E402
+from mobile_pirl_tf import UsageError, backbones, data, evaluation, export, tflite  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "A train.py run folder (holds encoder.keras, config.json).")
 flags.DEFINE_string("encoder", None, "An encoder .keras file (instead of --model_dir).")
@@ -68,7 +68,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.getLogger().setLevel(logging.WARNING)
-    from mobile_pirl_tf import backbones, data, evaluation
 
     try:
         if not FLAGS.model_dir and not FLAGS.encoder:
