@@ -44,7 +44,7 @@ flags.DEFINE_integer("qat_images", export.QAT_IMAGES, "Unlabelled images for QAT
                      "images).")
 flags.DEFINE_integer("qat_epochs", export.QAT_EPOCHS,
                      "Feature-distillation epochs of quantization-aware training.")
-flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of QAT.")
+flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of QAT (cosine-decayed to 0).")
 flags.DEFINE_string("eval_data_dir", None, "Labelled folder (train/, test/) for the linear "
                     "probe on each variant's features (optional).")
 flags.DEFINE_integer("latency_runs", 50, "Timed invokes per thread count (after warm-up).")

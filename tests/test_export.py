@@ -3,10 +3,10 @@ agrees with the Keras encoder; the tf_keras twin reproduces the Keras 3 features
 epoch for a MobileNetV3 and an EfficientNet and its int8 file agrees with the fake-quantized
 model; the report's fields; CLI errors; the phone script against a stand-in adb.
 
-QAT's agreement with the FLOAT encoder is not asserted here: on random-init encoders (all a
-test can afford) the fake-quantized network drifts from the float one layer by layer (mean
-cosine 0.13-0.45 seen, against 0.96 before and 0.999 after distillation on a PIRL-trained
-encoder); the export command enforces it on real encoders (BENCHMARKS.md)."""
+QAT's agreement with the FLOAT encoder is asserted only relative to post-training int8 before
+distillation: on random-init encoders (all a test can afford) both drift from the float one
+layer by layer (centred cosine 0.56-0.95 seen); the export command enforces the tolerance on
+real encoders (BENCHMARKS.md)."""
 
 import json
 import os
@@ -136,6 +136,35 @@ def test_tf_keras_twin_reproduces_the_encoder(name, labelled_folder):
     assert qat.twin_max_difference(encoder, twin, images) < 5e-5 * scale
 
 
+@pytest.mark.parametrize("name", ["mnasnet_a1", "efficientnetb0"])
+def test_qat_starts_where_post_training_int8_is(name, labelled_folder):
+    """Before any distillation the fake-quantized model is as close to the float encoder as
+    post-training int8 is: weight and activation ranges come from the weights and the data
+    (tfmot's initial [-6, 6] weight ranges made it far worse: MnasNet-A1 0.72 against 0.91 on a
+    trained encoder), and the squeeze-excite Multiply, Rescaling and Normalization layers that
+    tfmot does not support are quantized at their output like the converter does."""
+    from mobile_pirl_tf import qat
+
+    encoder = trained_like_encoder(name, labelled_folder)
+    images = export.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
+                                  16, SIZE)
+    twin = qat.twin(encoder, name)
+    model = qat.quantize_aware(twin)
+    qat.calibrate_ranges(model, twin, images)
+    output_quantized = [layer for layer in model.layers if hasattr(layer, "layer")
+                        and isinstance(layer.layer, qat.OUTPUT_QUANTIZED)]
+    assert output_quantized and all(  # each has an output quantizer
+        any(qat._short(v.name) == "output_max" for v in layer.non_trainable_weights)
+        for layer in output_quantized)
+    reference = encoder.predict(images, verbose=0)
+    fake_quantized = export.agreement(reference, model.predict(images, verbose=0))
+    post_training = export.agreement(reference, tflite.run(tflite.convert(encoder, "int8", images),
+                                                           images))
+    # Seen on these random-init encoders: A1 0.586 vs 0.562, B0 0.777 vs 0.810.
+    assert (fake_quantized["centred_cosine_mean"]
+            >= post_training["centred_cosine_mean"] - 0.05), (fake_quantized, post_training)
+
+
 @pytest.mark.parametrize("name", ["mobilenetv3small", "efficientnetb0"])
 def test_qat_runs_one_epoch_and_converts(name, labelled_folder):
     encoder = trained_like_encoder(name, labelled_folder)
@@ -150,9 +179,10 @@ def test_qat_runs_one_epoch_and_converts(name, labelled_folder):
     assert tflite.interpreter(flatbuffer).get_input_details()[0]["dtype"] == np.uint8
     fake_quantized = model(images[:6], training=False).numpy()
     # Against the fake-quantized Keras model. MobileNetV3 meets the variant's stated tolerance
-    # (seen: 0.95). EfficientNet-B0 does not on a random-init encoder (seen: 0.69): its swish and
-    # squeeze-excitation layers are left float by tfmot and quantized by the converter from a
-    # 16-image calibration, which the random network amplifies; a known open problem (issue #6).
+    # (seen: 0.96). EfficientNet-B0 does not on a random-init encoder (seen: 0.73; 0.69 before
+    # its squeeze-excite Multiply was fake-quantized): the converter splits swish into LOGISTIC
+    # and MUL and quantizes both outputs, QAT only the swish output, and the random network
+    # amplifies the difference; a known open problem (issue #6).
     cosine = export.agreement(fake_quantized, tflite.run(flatbuffer, images[:6]))["cosine_mean"]
     assert cosine >= (export.MIN_COSINE["qat_int8"] if name == "mobilenetv3small" else 0.5)
 
