@@ -19,9 +19,13 @@ the package writes `import keras`, Keras 3, and never `tf.keras`).
 3. `distill(...)`: label-free fine-tuning by FEATURE DISTILLATION: the fake-quantized encoder
    learns to reproduce the float encoder's pooled features on unlabelled images (mean squared
    error of the features standardised by the float encoder's per-feature spread, the scale
-   the linear probe sees: plain MSE lets a few large features drown the small ones). Chosen over the PIRL loss because it needs no memory bank or heads, cannot drift away
-   from the representation that was evaluated in float, and targets exactly what quantization
-   damages (the features), so a few epochs on a few hundred images suffice.
+   the linear probe sees: plain MSE lets a few large features drown the small ones). Chosen
+   over the PIRL loss because it needs no memory bank or heads, cannot drift away from the
+   representation that was evaluated in float, and targets exactly what quantization damages
+   (the features), so a few epochs on a few thousand images suffice (`export.QAT_IMAGES`).
+Before distilling, `calibrate_ranges` sets every weight and activation range from the weights
+and the data, so the fake-quantized model starts where post-training int8 is (tfmot's initial
+ranges are far off) and distillation only has to improve on it.
 """
 
 import os
