@@ -172,20 +172,21 @@ WRAPPER_RANGES = ("post_activation_min", "post_activation_max", "output_min", "o
 def calibrate_ranges(qat_model, twin_model, images, batch_size=32):
     """Sets every activation quantizer's range to the float twin's observed range on `images`:
     the output range of each quantize-wrapped layer, and the input range of each QuantizeLayer
-    (which tfmot inserts where the input or a float layer feeds a quantized one); returns how
-    many quantizers were set.
+    (which tfmot inserts where the input or a float layer feeds a quantized one, e.g. the
+    pixels in front of a Normalization layer); then the weight ranges (`set_weight_ranges`).
+    Returns how many layers' activation ranges were set.
 
     tfmot starts wrapper ranges at [-6, 6] and moves them by an exponential moving average
     (decay 0.999) during training, so a short fine-tune would keep ranges far too wide or too
-    narrow; a QuantizeLayer starts at [0, 0] and outputs zeros until trained (seen: it erased
-    MnasNet-A1's squeeze-excite outputs, centred cosine 0.78 to the float encoder before
-    distillation; 0.0 for the pixels of EfficientNet-B0). Here they start from the data, like
-    post-training int8.
+    narrow; a QuantizeLayer starts at [0, 0]. Here they start from the data, like post-training
+    int8.
     """
     targets = []  # (range variables, twin tensor whose range they take)
     for layer in qat_model.layers:
         if hasattr(layer, "layer"):
             variables = [v for v in layer.non_trainable_weights if _short(v.name) in WRAPPER_RANGES]
+            # The twin's own (last) node of the layer: a flattened layer also has a node in the
+            # nested model it came from.
             source = _last_output(twin_model.get_layer(layer.layer.name))
         elif isinstance(layer, QuantizeLayer):
             variables = [v for v in layer.non_trainable_weights
