@@ -136,7 +136,7 @@ def test_tf_keras_twin_reproduces_the_encoder(name, labelled_folder):
     assert qat.twin_max_difference(encoder, twin, images) < 5e-5 * scale
 
 
-@pytest.mark.parametrize("name", ["mnasnet_a1", "efficientnetb0"])
+@pytest.mark.parametrize("name", ["efficientnetb0"])  # Multiply, Rescaling, Normalization
 def test_qat_starts_where_post_training_int8_is(name, labelled_folder):
     """Before any distillation the fake-quantized model is as close to the float encoder as
     post-training int8 is: weight and activation ranges come from the weights and the data
@@ -160,7 +160,7 @@ def test_qat_starts_where_post_training_int8_is(name, labelled_folder):
     fake_quantized = export.agreement(reference, model.predict(images, verbose=0))
     post_training = export.agreement(reference, tflite.run(tflite.convert(encoder, "int8", images),
                                                            images))
-    # Seen on these random-init encoders: A1 0.586 vs 0.562, B0 0.777 vs 0.810.
+    # Seen on these random-init encoders: B0 0.777 vs 0.810 (MnasNet-A1: 0.586 vs 0.562).
     assert (fake_quantized["centred_cosine_mean"]
             >= post_training["centred_cosine_mean"] - 0.05), (fake_quantized, post_training)
 
