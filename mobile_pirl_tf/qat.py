@@ -10,12 +10,12 @@ the package writes `import keras`, Keras 3, and never `tf.keras`).
    reproduces the Keras 3 features.
 2. `quantize_aware(twin)`: fake-quantization inserted by tfmot's default 8-bit scheme on every
    layer tfmot supports. `quantize_model` rejects whole networks that contain an unsupported
-   layer (the squeeze-excite Multiply of MobileNetV3 / MnasNet-A1 / EfficientNet-B0,
-   EfficientNet-B0's Rescaling / Normalization, MobileNetV3's hard-swish arithmetic); here the
-   Multiply, Rescaling and Normalization layers get a fake-quantized OUTPUT (what the int8
-   converter makes of them: a quantized MUL / SUB), so QAT trains the network with the rounding
-   it will meet; the hard-swish arithmetic (TF-op lambdas that the converter fuses into one
-   HARD_SWISH op) stays float and is calibrated like post-training int8.
+   layer (the squeeze-excite Multiply of MobileNetV3 / MnasNet-A1 / EfficientNet-B0, the
+   Rescaling / Normalization of the input, MobileNetV3's hard-swish arithmetic); here the
+   Multiply layers get a fake-quantized OUTPUT (what the int8 converter makes of them: a
+   quantized MUL), so QAT trains the network with the rounding it will meet; the input
+   preprocessing and the hard-swish arithmetic (TF-op lambdas that the converter fuses into one
+   HARD_SWISH op) stay float and are calibrated like post-training int8.
 3. `distill(...)`: label-free fine-tuning by FEATURE DISTILLATION: the fake-quantized encoder
    learns to reproduce the float encoder's pooled features on unlabelled images (mean squared
    error of the features standardised by the float encoder's per-feature spread, the scale
@@ -130,8 +130,13 @@ def twin_max_difference(encoder, twin_model, images):
 
 
 # Layers tfmot's 8-bit registry does not support, fake-quantized at their output (module docstring).
-OUTPUT_QUANTIZED = (tf_keras.layers.Multiply, tf_keras.layers.Rescaling,
-                    tf_keras.layers.Normalization)
+OUTPUT_QUANTIZED = (tf_keras.layers.Multiply,)
+# Input preprocessing (pixels -> network input) stays float in QAT and is quantized by the
+# converter from the calibration images, as in post-training int8: it has nothing to learn, and
+# a fake-quantized Normalization makes tfmot put a QuantizeLayer on the pixels, which the
+# converter turns into QUANTIZE -> DEQUANTIZE -> QUANTIZE with a 1.49-wide pixel step (seen in
+# both MnasNets' files; the post-training file goes QUANTIZE -> SUB with step 1).
+PREPROCESSING = (tf_keras.layers.Rescaling, tf_keras.layers.Normalization)
 
 
 def quantize_aware(model):
@@ -152,6 +157,8 @@ def quantize_aware(model):
 
     def clone(layer):
         new = layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, PREPROCESSING):
+            return new
         if registry.supports(layer) or layer.name in after_conv:
             return annotate(new)
         if isinstance(layer, OUTPUT_QUANTIZED):
@@ -173,7 +180,7 @@ def calibrate_ranges(qat_model, twin_model, images, batch_size=32):
     """Sets every activation quantizer's range to the float twin's observed range on `images`:
     the output range of each quantize-wrapped layer, and the input range of each QuantizeLayer
     (which tfmot inserts where the input or a float layer feeds a quantized one, e.g. the
-    pixels in front of a Normalization layer); then the weight ranges (`set_weight_ranges`).
+    network input after the float preprocessing); then the weight ranges (`set_weight_ranges`).
     Returns how many layers' activation ranges were set.
 
     tfmot starts wrapper ranges at [-6, 6] and moves them by an exponential moving average
