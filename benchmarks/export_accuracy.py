@@ -106,7 +106,8 @@ def train_encoder(backbone, model_dir, train_split):
     return path
 
 
-TARGETS = (("int8", PTQ_POINTS, RELU6), ("qat_int8", QAT_POINTS, None))  # None: every backbone
+# variant: (points from float32, backbones it applies to; None: every backbone)
+TARGETS = {"int8": (PTQ_POINTS, RELU6), "qat_int8": (QAT_POINTS, None)}
 
 
 def differences(report):
@@ -120,12 +121,12 @@ def differences(report):
 
 
 def verdict(backbone, name, delta):
-    for variant, limit, applies_to in TARGETS:
-        if variant == name:
-            if applies_to is not None and backbone not in applies_to:
-                return f"no target, target {limit:g}"
-            return f"{'met' if abs(delta) <= limit else 'NOT met'}, target {limit:g}"
-    return "no target"
+    if name not in TARGETS:
+        return "no target"
+    limit, applies_to = TARGETS[name]
+    if applies_to is not None and backbone not in applies_to:
+        return f"no target, target {limit:g}"
+    return f"{'met' if abs(delta) <= limit else 'NOT met'}, target {limit:g}"
 
 
 def summary_line(backbone, report):

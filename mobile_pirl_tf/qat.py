@@ -130,13 +130,12 @@ def twin_max_difference(encoder, twin_model, images):
 
 
 # Layers tfmot's 8-bit registry does not support, fake-quantized at their output (module docstring).
+# Not the input preprocessing (Rescaling, Normalization), also unsupported: it stays float in QAT
+# and is quantized by the converter from the calibration images, as in post-training int8. It has
+# nothing to learn, and a fake-quantized Normalization makes tfmot put a QuantizeLayer on the
+# pixels, which the converter turns into QUANTIZE -> DEQUANTIZE -> QUANTIZE with a 1.49-wide
+# pixel step (seen in both MnasNets' files; the post-training file goes QUANTIZE -> SUB, step 1).
 OUTPUT_QUANTIZED = (tf_keras.layers.Multiply,)
-# Input preprocessing (pixels -> network input) stays float in QAT and is quantized by the
-# converter from the calibration images, as in post-training int8: it has nothing to learn, and
-# a fake-quantized Normalization makes tfmot put a QuantizeLayer on the pixels, which the
-# converter turns into QUANTIZE -> DEQUANTIZE -> QUANTIZE with a 1.49-wide pixel step (seen in
-# both MnasNets' files; the post-training file goes QUANTIZE -> SUB with step 1).
-PREPROCESSING = (tf_keras.layers.Rescaling, tf_keras.layers.Normalization)
 
 
 def quantize_aware(model):
@@ -157,8 +156,6 @@ def quantize_aware(model):
 
     def clone(layer):
         new = layer.__class__.from_config(layer.get_config())
-        if isinstance(layer, PREPROCESSING):
-            return new
         if registry.supports(layer) or layer.name in after_conv:
             return annotate(new)
         if isinstance(layer, OUTPUT_QUANTIZED):
