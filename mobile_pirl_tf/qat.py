@@ -15,7 +15,9 @@ the package writes `import keras`, Keras 3, and never `tf.keras`).
    Multiply layers get a fake-quantized OUTPUT (what the int8 converter makes of them: a
    quantized MUL), so QAT trains the network with the rounding it will meet; the input
    preprocessing and the hard-swish arithmetic (TF-op lambdas that the converter fuses into one
-   HARD_SWISH op) stay float and are calibrated like post-training int8.
+   HARD_SWISH op) stay float and are calibrated like post-training int8. Depthwise weights are
+   fake-quantized per channel, as the converter quantizes them (tfmot's default shares one range
+   across the channels of a depthwise kernel: `DepthwiseWeightsQuantizer`).
 3. `distill(...)`: label-free fine-tuning by FEATURE DISTILLATION: the fake-quantized encoder
    learns to reproduce the float encoder's pooled features on unlabelled images (mean squared
    error of the features standardised by the float encoder's per-feature spread, the scale
@@ -35,8 +37,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # what tfmot sets anyway; set
 import numpy as np  # noqa: E402
 import tf_keras  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
-    default_8bit_quantize_configs, default_8bit_quantize_registry)
+    default_8bit_quantize_configs, default_8bit_quantize_registry, default_8bit_quantize_scheme)
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (  # noqa: E402
     QuantizeLayer)
 
@@ -138,6 +141,63 @@ def twin_max_difference(encoder, twin_model, images):
 OUTPUT_QUANTIZED = (tf_keras.layers.Multiply,)
 
 
+class DepthwiseWeightsQuantizer(tfmot.quantization.keras.quantizers.LastValueQuantizer):
+    """8-bit symmetric weights quantizer of a DepthwiseConv2D kernel [k, k, C, M], one range per
+    output channel (C * M of them), as the int8 converter quantizes depthwise weights.
+
+    tfmot's conv weights quantizer takes the channels from the kernel's LAST axis, the depth
+    multiplier M = 1 of a depthwise kernel, so it fake-quantizes all channels on ONE grid
+    (tensorflow/model-optimization#808): QAT trained MobileNet-style depthwise layers with a
+    coarser rounding than the file has. Here the kernel is quantized with its two last axes
+    swapped, [k, k, M, C] (M = 1 in every backbone here, so C is the last axis), as tfmot's own
+    Conv2DTranspose quantizer does (a reshape instead makes the converter fail: "'tfl.quantize'
+    op requires the same shape for all operands and results").
+    """
+
+    def __init__(self):
+        super().__init__(num_bits=8, per_axis=True, symmetric=True, narrow_range=True)
+
+    def build(self, tensor_shape, name, layer):
+        rows, cols, channels, multiplier = tensor_shape
+        if multiplier != 1:
+            raise ValueError(f"depthwise kernels with depth_multiplier {multiplier} are not "
+                             "supported by QAT here (every backbone uses 1)")
+        return super().build(tf.TensorShape([rows, cols, multiplier, channels]), name, layer)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        swapped = tf.transpose(inputs, (0, 1, 3, 2))
+        return tf.transpose(super().__call__(swapped, training, weights, **kwargs), (0, 1, 3, 2))
+
+    def get_config(self):
+        return {}
+
+
+class _DepthwiseQuantizeConfig(default_8bit_quantize_registry.Default8BitConvQuantizeConfig):
+    """tfmot's DepthwiseConv2D config with per-channel weights (`DepthwiseWeightsQuantizer`)."""
+
+    def __init__(self):
+        super().__init__(["depthwise_kernel"], ["activation"], False)
+        self.weight_quantizer = DepthwiseWeightsQuantizer()
+
+    def get_config(self):
+        return {}
+
+
+class _Registry(default_8bit_quantize_registry.Default8BitQuantizeRegistry):
+    def get_quantize_config(self, layer):
+        if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
+            return _DepthwiseQuantizeConfig()
+        return super().get_quantize_config(layer)
+
+
+class _Scheme(default_8bit_quantize_scheme.Default8BitQuantizeScheme):
+    """tfmot's default 8-bit scheme (its layout transforms: no fake-quant between a conv and its
+    batch norm, ...) with per-channel depthwise weights."""
+
+    def get_quantize_registry(self):
+        return _Registry()
+
+
 def quantize_aware(model):
     """The fake-quantized (QAT) version of a flat tf_keras model (module docstring).
 
@@ -165,7 +225,7 @@ def quantize_aware(model):
     annotated = tf_keras.models.clone_model(model, clone_function=clone)
     annotated.set_weights(model.get_weights())
     with tfmot.quantization.keras.quantize_scope({output_only.__name__: output_only}):
-        return tfmot.quantization.keras.quantize_apply(annotated)
+        return tfmot.quantization.keras.quantize_apply(annotated, scheme=_Scheme())
 
 
 # The activation-range variables of a QuantizeWrapper (its weight ranges are set from the

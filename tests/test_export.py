@@ -170,6 +170,30 @@ def test_qat_starts_where_post_training_int8_is(labelled_folder):
     assert "DEQUANTIZE" not in qat_ops, (qat_ops, tflite.op_names(int8_file))
 
 
+def test_qat_quantizes_depthwise_weights_per_channel():
+    """Each depthwise channel on its own grid, as the converter quantizes it. tfmot's default
+    takes one range for all channels (tensorflow/model-optimization#808): the small channel here
+    would round to all zeros."""
+    from mobile_pirl_tf import qat
+
+    layers = qat.tf_keras.layers
+    inputs = qat.tf_keras.Input((8, 8, 2))
+    outputs = layers.BatchNormalization()(layers.DepthwiseConv2D(3, use_bias=False)(inputs))
+    model = qat.tf_keras.Model(inputs, outputs)
+    magnitudes = np.array([1.0, 1e-3])
+    kernel = (np.linspace(-1, 1, 9).reshape(3, 3, 1, 1) * magnitudes.reshape(1, 1, 2, 1))
+    model.layers[1].set_weights([kernel.astype(np.float32)])
+    quantized = qat.quantize_aware(model)
+    qat.set_weight_ranges(quantized)
+    wrapped = [layer for layer in quantized.layers
+               if isinstance(getattr(layer, "layer", None), layers.DepthwiseConv2D)]
+    weight, quantizer, variables = wrapped[0]._weight_vars[0]
+    rounded = quantizer(weight, training=False, weights=variables).numpy()
+    for channel, magnitude in enumerate(magnitudes):  # within half a step of 127 per channel
+        error = np.abs(rounded[:, :, channel] - kernel[:, :, channel]).max()
+        assert error <= 0.51 * magnitude / 127, (channel, error, rounded[:, :, channel, 0])
+
+
 @pytest.mark.parametrize("name", ["mobilenetv3small", "efficientnetb0"])
 def test_qat_runs_one_epoch_and_converts(name, labelled_folder):
     encoder = trained_like_encoder(name, labelled_folder)

@@ -1,0 +1,101 @@
+"""Why some backbones lose more to int8 than others: the rounding noise of their activations.
+
+    python benchmarks/quantization_noise.py [--runs_dir=runs/export_accuracy] [--backbones=...]
+
+Reads OUT/<backbone>/encoder.keras as `benchmarks/export_accuracy.py` leaves them (nothing is
+trained here) and runs each on --images real images. For every activation tensor that a
+full-integer file stores in int8 (activation outputs, residual sums, squeeze-excite products,
+and batch norms NOT followed by an activation; a batch norm that is, is fused into its
+convolution), post-training int8 spreads 256 steps over the tensor's whole [min, max] range.
+Uniform rounding then adds noise of sd (range / 255) / sqrt(12), printed relative to the
+tensor's own sd; the sum of squares over tensors is, to first order, the noise-to-signal
+variance the features accumulate. A tensor whose few large values stretch its range (ReLU
+networks; ReLU6 caps them at 6) gets coarse steps for all its ordinary values.
+
+Prints one line per backbone: median, p90 and max of the relative noise over tensors, their sum
+of squares, and the tensors with the largest relative noise.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from mobile_pirl_tf import data, export  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenette")
+STORED = ("ReLU", "Activation", "Add", "Multiply", "BatchNormalization")
+
+flags.DEFINE_string("runs_dir", "runs/export_accuracy",
+                    "The --output_dir of benchmarks/export_accuracy.py (BACKBONE/encoder.keras).")
+flags.DEFINE_list("backbones", ["mobilenetv2", "efficientnetlite0", "mobilenetv3small",
+                                "mnasnet_b1", "mnasnet_a1", "mobilenetv3large", "efficientnetb0"],
+                  "Backbones, in order (those without an encoder are skipped, and said so).")
+flags.DEFINE_string("data_dir", os.path.join(DATA, "train"), "Folder of real images.")
+flags.DEFINE_integer("images", 128, "Images to measure the activations on.")
+FLAGS = flags.FLAGS
+
+
+def stored_in_int8(layer):
+    """Whether a full-integer file keeps this layer's (4-D) output as an int8 tensor."""
+    name = type(layer).__name__
+    if name not in STORED or len(layer.output.shape) != 4:
+        return False
+    consumers = layer._outbound_nodes
+    return not (name == "BatchNormalization" and len(consumers) == 1
+                and type(consumers[0].operation).__name__ in ("ReLU", "Activation"))
+
+
+def layer_outputs(model, x):
+    """(layer, output on x) for every layer of a functional model, nested models expanded (each
+    nested model is called once, on the input or on the output of one layer before it)."""
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    plain = [layer for layer in layers if not isinstance(layer, keras.Model)]
+    values = []
+    if plain:
+        values = keras.Model(model.input, [layer.output for layer in plain]).predict(x, verbose=0)
+        values = values if isinstance(values, list) else [values]
+    pairs = list(zip(plain, values))
+    by_name = {layer.name: value for layer, value in pairs}
+    for nested in [layer for layer in layers if isinstance(layer, keras.Model)]:
+        source = nested._inbound_nodes[-1].input_tensors[0]._keras_history.operation
+        pairs += layer_outputs(nested, by_name.get(source.name, x))
+    return pairs
+
+
+def relative_noise(encoder, images):
+    """[(relative rounding-noise sd, layer name)] of every int8-stored activation tensor."""
+    noise = []
+    for layer, value in layer_outputs(encoder, images):
+        if stored_in_int8(layer):
+            steps = (max(float(value.max()), 0.0) - min(float(value.min()), 0.0)) / 255
+            noise.append((steps / np.sqrt(12) / max(float(value.std()), 1e-12), layer.name))
+    return noise
+
+
+def main(_):
+    source = data.folder_source(FLAGS.data_dir)
+    print(f"images={FLAGS.images} data={FLAGS.data_dir}")
+    for backbone in FLAGS.backbones:
+        path = os.path.join(FLAGS.runs_dir, backbone, "encoder.keras")
+        if not os.path.exists(path):
+            print(f"{backbone}: no encoder at {path} (run benchmarks/export_accuracy.py first)")
+            continue
+        encoder = keras.models.load_model(path, compile=False)
+        images = export.sample_images(source, FLAGS.images, int(encoder.input.shape[1]))
+        noise = relative_noise(encoder, images)
+        rel = np.array([n for n, _ in noise])
+        worst = ", ".join(f"{name} {n:.3f}" for n, name in sorted(noise, reverse=True)[:3])
+        print(f"{backbone}: tensors={len(rel)} relative_noise median={np.median(rel):.4f} "
+              f"p90={np.percentile(rel, 90):.4f} max={rel.max():.4f} "
+              f"sum_of_squares={np.sum(rel ** 2):.4f} worst: {worst}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
