@@ -1,9 +1,10 @@
 """Why some backbones lose more to int8 than others: the rounding noise of their activations.
 
     python benchmarks/quantization_noise.py [--runs_dir=runs/export_accuracy] [--backbones=...]
+    python benchmarks/quantization_noise.py --encoder=runs/NAME/encoder.keras
 
-Reads OUT/<backbone>/encoder.keras as `benchmarks/export_accuracy.py` leaves them (nothing is
-trained here) and runs each on --images real images. For every activation tensor that a
+Reads RUNS_DIR/<backbone>/encoder.keras as `benchmarks/export_accuracy.py` leaves them, or one
+--encoder (nothing is trained here), and runs each on --images real images. For every activation tensor that a
 full-integer file stores in int8 (activation outputs, residual sums, squeeze-excite products,
 and batch norms NOT followed by an activation; a batch norm that is, is fused into its
 convolution), post-training int8 spreads 256 steps over the tensor's whole [min, max] range.
@@ -37,6 +38,7 @@ flags.DEFINE_string("runs_dir", "runs/export_accuracy",
 flags.DEFINE_list("backbones", ["mobilenetv2", "efficientnetlite0", "mobilenetv3small",
                                 "mnasnet_b1", "mnasnet_a1", "mobilenetv3large", "efficientnetb0"],
                   "Backbones, in order (those without an encoder are skipped, and said so).")
+flags.DEFINE_string("encoder", None, "One encoder.keras to measure instead of --runs_dir.")
 flags.DEFINE_string("data_dir", os.path.join(DATA, "train"), "Folder of real images.")
 flags.DEFINE_integer("images", 128, "Images to measure the activations on.")
 FLAGS = flags.FLAGS
@@ -82,10 +84,12 @@ def relative_noise(encoder, images):
 def main(_):
     source = data.folder_source(FLAGS.data_dir)
     print(f"images={FLAGS.images} data={FLAGS.data_dir}")
-    for backbone in FLAGS.backbones:
-        path = os.path.join(FLAGS.runs_dir, backbone, "encoder.keras")
+    paths = ({FLAGS.encoder: FLAGS.encoder} if FLAGS.encoder else
+             {b: os.path.join(FLAGS.runs_dir, b, "encoder.keras") for b in FLAGS.backbones})
+    for backbone, path in paths.items():
         if not os.path.exists(path):
-            print(f"{backbone}: no encoder at {path} (run benchmarks/export_accuracy.py first)")
+            print(f"{backbone}: no encoder at {path} (train one, or run "
+                  "benchmarks/export_accuracy.py first)")
             continue
         encoder = keras.models.load_model(path, compile=False)
         images = export.sample_images(source, FLAGS.images, int(encoder.input.shape[1]))
