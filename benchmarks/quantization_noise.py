@@ -3,15 +3,20 @@
     python benchmarks/quantization_noise.py [--runs_dir=runs/export_accuracy] [--backbones=...]
     python benchmarks/quantization_noise.py --encoder=runs/NAME/encoder.keras
 
-Reads RUNS_DIR/<backbone>/encoder.keras as `benchmarks/export_accuracy.py` leaves them, or one
---encoder (nothing is trained here), and runs each on --images real images. For every activation tensor that a
-full-integer file stores in int8 (activation outputs, residual sums, squeeze-excite products,
-and batch norms NOT followed by an activation; a batch norm that is, is fused into its
-convolution), post-training int8 spreads 256 steps over the tensor's whole [min, max] range.
-Uniform rounding then adds noise of sd (range / 255) / sqrt(12), printed relative to the
-tensor's own sd; the sum of squares over tensors is, to first order, the noise-to-signal
-variance the features accumulate. A tensor whose few large values stretch its range (ReLU
-networks; ReLU6 caps them at 6) gets coarse steps for all its ordinary values.
+Reads RUNS_DIR/<backbone>/encoder.keras as `benchmarks/export_accuracy.py` leaves them, or
+one --encoder (nothing is trained here), and runs each on --images real images. For every
+activation tensor that a full-integer file stores in int8 (activation outputs, residual sums,
+squeeze-excite products, and batch norms NOT followed by an activation; a batch norm that is,
+is fused into its convolution), post-training int8 spreads 256 steps over the tensor's whole
+[min, max] range. Uniform rounding then adds noise of sd (range / 255) / sqrt(12), printed
+relative to the tensor's own sd; the sum of squares over tensors is, to first order, the
+noise-to-signal variance the features accumulate. A tensor whose few large values stretch its
+range (ReLU networks; ReLU6 caps them at 6) gets coarse steps for all its ordinary values.
+
+It ranks the seven backbones as their measured int8 losses do (BENCHMARKS.md, eighth session),
+so it says before any export which backbone will quantize well. It is a predictor, not a lever:
+rescaling MnasNet-A1's ReLU channels to equal ranges (cross-layer equalization) cut a
+per-channel version of it 4.5x and did not make the int8 file measurably better.
 
 Prints one line per backbone: median, p90 and max of the relative noise over tensors, their sum
 of squares, and the tensors with the largest relative noise.
