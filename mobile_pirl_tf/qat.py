@@ -187,6 +187,8 @@ class _DepthwiseQuantizeConfig(default_8bit_quantize_registry.Default8BitConvQua
 
 
 class _Registry(default_8bit_quantize_registry.Default8BitQuantizeRegistry):
+    """tfmot's default 8-bit registry, with `_DepthwiseQuantizeConfig` for DepthwiseConv2D."""
+
     def get_quantize_config(self, layer):
         if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
             return _DepthwiseQuantizeConfig()
