@@ -59,30 +59,33 @@ def stored_in_int8(layer):
                 and type(consumers[0].operation).__name__ in ("ReLU", "Activation"))
 
 
-def layer_outputs(model, x):
-    """(layer, output on x) for every layer of a functional model, nested models expanded (each
-    nested model is called once, on the input or on the output of one layer before it)."""
+def stored_outputs(model, x):
+    """[(layer, output on x)] for every layer `stored_in_int8`, nested models expanded (each
+    nested model is called once, on the input or on the output of one layer before it). Only
+    those outputs, and the ones nested models are called on, are computed."""
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    plain = [layer for layer in layers if not isinstance(layer, keras.Model)]
+    nested = [layer for layer in layers if isinstance(layer, keras.Model)]
+    sources = {m.name: m._inbound_nodes[-1].input_tensors[0]._keras_history.operation.name
+               for m in nested}
+    needed = [layer for layer in layers if not isinstance(layer, keras.Model)
+              and (stored_in_int8(layer) or layer.name in sources.values())]
     values = []
-    if plain:
-        values = keras.Model(model.input, [layer.output for layer in plain]).predict(x, verbose=0)
+    if needed:
+        values = keras.Model(model.input, [layer.output for layer in needed]).predict(x, verbose=0)
         values = values if isinstance(values, list) else [values]
-    pairs = list(zip(plain, values))
-    by_name = {layer.name: value for layer, value in pairs}
-    for nested in [layer for layer in layers if isinstance(layer, keras.Model)]:
-        source = nested._inbound_nodes[-1].input_tensors[0]._keras_history.operation
-        pairs += layer_outputs(nested, by_name.get(source.name, x))
-    return pairs
+    by_name = {layer.name: value for layer, value in zip(needed, values)}
+    found = [(layer, value) for layer, value in zip(needed, values) if stored_in_int8(layer)]
+    for m in nested:
+        found += stored_outputs(m, by_name.get(sources[m.name], x))
+    return found
 
 
 def relative_noise(encoder, images):
     """[(relative rounding-noise sd, layer name)] of every int8-stored activation tensor."""
     noise = []
-    for layer, value in layer_outputs(encoder, images):
-        if stored_in_int8(layer):
-            steps = (max(float(value.max()), 0.0) - min(float(value.min()), 0.0)) / 255
-            noise.append((steps / np.sqrt(12) / max(float(value.std()), 1e-12), layer.name))
+    for layer, value in stored_outputs(encoder, images):
+        steps = (max(float(value.max()), 0.0) - min(float(value.min()), 0.0)) / 255
+        noise.append((steps / np.sqrt(12) / max(float(value.std()), 1e-12), layer.name))
     return noise
 
 

@@ -211,7 +211,8 @@ def quantize_aware(model):
     converter folds them). Without it the pre-BN conv output is quantized, which destroys
     features whose BN rescales a small variance (seen: cosine 0.13 to the float encoder).
     """
-    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    scheme = _Scheme()
+    registry = scheme.get_quantize_registry()
     annotate = tfmot.quantization.keras.quantize_annotate_layer
     output_only = default_8bit_quantize_configs.Default8BitOutputQuantizeConfig
     convs = (tf_keras.layers.Conv2D, tf_keras.layers.DepthwiseConv2D)
@@ -230,7 +231,7 @@ def quantize_aware(model):
     annotated = tf_keras.models.clone_model(model, clone_function=clone)
     annotated.set_weights(model.get_weights())
     with tfmot.quantization.keras.quantize_scope({output_only.__name__: output_only}):
-        return tfmot.quantization.keras.quantize_apply(annotated, scheme=_Scheme())
+        return tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
 
 
 # The activation-range variables of a QuantizeWrapper (its weight ranges are set from the
