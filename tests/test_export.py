@@ -170,6 +170,20 @@ def test_qat_starts_where_post_training_int8_is(labelled_folder):
     assert "DEQUANTIZE" not in qat_ops, (qat_ops, tflite.op_names(int8_file))
 
 
+def test_calibrated_ranges_ignore_one_outlier_image():
+    """QAT's starting ranges are medians of per-batch extremes: one image 10x out of range (one
+    saturated image did this to MobileNetV3-Small, BENCHMARKS.md) must not set the range."""
+    from mobile_pirl_tf import qat
+
+    values = np.random.default_rng(0).uniform(-1.0, 2.0, (96, 4, 4, 3)).astype(np.float32)
+    values[40, 0, 0, 0] = 20.0
+    low, high = qat.robust_range(values, batch_size=32)
+    assert -1.0 <= low < -0.99 and 1.99 < high <= 2.0, (low, high)
+    assert qat.robust_range(values[:32], batch_size=32) == (float(values[:32].min()),
+                                                             float(values[:32].max()))
+    assert qat.robust_range(np.full((8, 2), 3.0), batch_size=4) == (0.0, 3.0)  # contains 0
+
+
 def test_qat_quantizes_depthwise_weights_per_channel():
     """Each depthwise channel on its own grid, as the converter quantizes it. tfmot's default
     takes one range for all channels (tensorflow/model-optimization#808): the small channel here
