@@ -63,7 +63,8 @@ flags.DEFINE_string("transforms", "crop", "PIRL pretext transformations (see tra
 flags.DEFINE_integer("batch_size", 64, "PIRL batch size (supervised: 64).")
 flags.DEFINE_float("learning_rate", 0.06, "PIRL learning rate per 256 images (InfoNCE).")
 flags.DEFINE_list("variants", ["float32", "int8", "qat_int8"], "Variants to export and probe.")
-flags.DEFINE_integer("qat_epochs", export.QAT_EPOCHS, "QAT feature-distillation epochs.")
+flags.DEFINE_integer("qat_epochs", export.QAT_EPOCHS, "QAT feature-distillation epochs (0: "
+                     "calibrated fake-quant ranges only).", lower_bound=0)
 flags.DEFINE_list("seeds", ["0"], "Export seeds. Each one exports every variant again (own "
                   "calibration, agreement and QAT images, QAT run and probe seed) into "
                   "BACKBONE/export (seed 0) or BACKBONE/export_seedN; with several, the "

@@ -43,7 +43,9 @@ flags.DEFINE_integer("qat_images", export.QAT_IMAGES, "Unlabelled images for QAT
                      "distillation (besides the calibration images; disjoint from the agreement "
                      "images).")
 flags.DEFINE_integer("qat_epochs", export.QAT_EPOCHS,
-                     "Feature-distillation epochs of quantization-aware training.")
+                     "Feature-distillation epochs of quantization-aware training; 0 converts the "
+                     "fake-quantized model with its calibrated ranges and no fine-tuning.",
+                     lower_bound=0)
 flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of QAT (cosine-decayed to 0).")
 flags.DEFINE_string("eval_data_dir", None, "Labelled folder (train/, test/) for the linear "
                     "probe on each variant's features (optional).")

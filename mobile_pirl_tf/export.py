@@ -151,8 +151,8 @@ def export_encoder(encoder, out_dir, variants, source, backbone=None, width=1.0,
         model, extra = encoder, {}
         if variant == "qat_int8":
             model, extra = quantization_aware(encoder, backbone, width, calibration,
-                                              qat_training_images(), qat_epochs,
-                                              qat_learning_rate, seed)
+                                              qat_training_images() if qat_epochs else None,
+                                              qat_epochs, qat_learning_rate, seed)
         flatbuffer = tflite.convert(model, variant, calibration, int8_io)
         path = os.path.join(out_dir, f"{variant}.tflite")
         with open(path + ".tmp", "wb") as f:
@@ -192,7 +192,8 @@ class ExportMismatch(RuntimeError):
 def quantization_aware(encoder, backbone, width, calibration, images, epochs, learning_rate,
                        seed):
     """The QAT model (tf_keras) of `encoder`: activation ranges initialised on `calibration`,
-    then fine-tuned by feature distillation on `images`."""
+    then fine-tuned by feature distillation on `images` for `epochs` (0: the calibrated
+    fake-quantized model as it is, `images` unused)."""
     from mobile_pirl_tf import qat  # tf_keras and tfmot stay confined to this import
 
     if backbone is None:
@@ -202,10 +203,13 @@ def quantization_aware(encoder, backbone, width, calibration, images, epochs, le
     difference = qat.twin_max_difference(encoder, twin, calibration[:8])
     model = qat.quantize_aware(twin)
     qat.calibrate_ranges(model, twin, calibration)
-    teacher = np.asarray(encoder.predict(images, verbose=0, batch_size=32))
-    losses = qat.distill(model, images, teacher, epochs, learning_rate, seed=seed)
+    losses = []
+    if epochs:
+        teacher = np.asarray(encoder.predict(images, verbose=0, batch_size=32))
+        losses = qat.distill(model, images, teacher, epochs, learning_rate, seed=seed)
     return model, {"twin_max_abs_diff": difference, "qat_epochs": epochs,
-                   "qat_images": int(len(images)), "qat_distillation_loss": losses}
+                   "qat_images": int(len(images)) if epochs else 0,
+                   "qat_distillation_loss": losses}
 
 
 def format_report(report):
