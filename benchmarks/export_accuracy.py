@@ -65,6 +65,7 @@ flags.DEFINE_float("learning_rate", 0.06, "PIRL learning rate per 256 images (In
 flags.DEFINE_list("variants", ["float32", "int8", "qat_int8"], "Variants to export and probe.")
 flags.DEFINE_integer("qat_epochs", export.QAT_EPOCHS, "QAT feature-distillation epochs (0: "
                      "calibrated fake-quant ranges only).", lower_bound=0)
+flags.DEFINE_float("qat_learning_rate", 1e-4, "QAT Adam learning rate (cosine-decayed to 0).")
 flags.DEFINE_list("seeds", ["0"], "Export seeds. Each one exports every variant again (own "
                   "calibration, agreement and QAT images, QAT run and probe seed) into "
                   "BACKBONE/export (seed 0) or BACKBONE/export_seedN; with several, the "
@@ -168,7 +169,8 @@ def export_seed(encoder, backbone, model_dir, seed, source, splits):
     if not os.path.exists(report_path):
         try:
             export.export_encoder(encoder, out_dir, FLAGS.variants, source, backbone=backbone,
-                                  qat_epochs=FLAGS.qat_epochs, probe_splits=splits,
+                                  qat_epochs=FLAGS.qat_epochs,
+                                  qat_learning_rate=FLAGS.qat_learning_rate, probe_splits=splits,
                                   latency_runs=10, threads=(2,), seed=seed)
         except export.ExportMismatch as e:  # the report is written; the summary shows it
             logging.warning("%s", e)
