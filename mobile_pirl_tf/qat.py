@@ -255,7 +255,7 @@ def calibrate_ranges(qat_model, twin_model, images, batch_size=32):
     cannot set a range for the whole export. The min and max over all images (what the
     converter's post-training calibration takes) let one saturated-green image widen
     MobileNetV3-Small's ranges about 3x through the whole body (seed 2 of BENCHMARKS' runs:
-    QAT int8 probe 48.05 before distillation with min/max, 54.68 with the median, float 54.98).
+    QAT int8 probe 48.05 before distillation with min/max, 54.68 with the median; float32 55.06).
     """
     targets = []  # (range variables, twin tensor whose range they take)
     for layer in qat_model.layers:
