@@ -14,8 +14,9 @@ the package writes `import keras`, Keras 3, and never `tf.keras`).
    Rescaling / Normalization of the input, MobileNetV3's hard-swish arithmetic); here the
    Multiply layers get a fake-quantized OUTPUT (what the int8 converter makes of them: a
    quantized MUL), so QAT trains the network with the rounding it will meet; the input
-   preprocessing and the hard-swish arithmetic (TF-op lambdas that the converter fuses into one
-   HARD_SWISH op) stay float and are calibrated like post-training int8. Depthwise weights are
+   preprocessing and the rest of the hard-swish arithmetic (TF-op lambdas: + 3, ReLU6, / 6)
+   stay float and are calibrated like post-training int8 (the QAT file keeps hard-swish as ADD /
+   MUL ops where the post-training one has HARD_SWISH: BENCHMARKS.md). Depthwise weights are
    fake-quantized per channel, as the converter quantizes them (tfmot's default shares one range
    across the channels of a depthwise kernel: `DepthwiseWeightsQuantizer`).
 3. `distill(...)`: label-free fine-tuning by FEATURE DISTILLATION: the fake-quantized encoder
