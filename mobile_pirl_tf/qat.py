@@ -291,9 +291,10 @@ def calibrate_ranges(qat_model, twin_model, images, batch_size=32):
 def robust_range(values, batch_size):
     """(min, max) of `values` [N, ...]: the medians over consecutive batches of `batch_size` rows
     of each batch's min and max, widened to contain 0 (as int8 ranges must) and at least 1e-3."""
-    values = np.asarray(values).reshape(len(values), -1)
-    lows = [values[i:i + batch_size].min() for i in range(0, len(values), batch_size)]
-    highs = [values[i:i + batch_size].max() for i in range(0, len(values), batch_size)]
+    rows = np.asarray(values).reshape(len(values), -1)
+    starts = np.arange(0, len(rows), batch_size)
+    lows = np.minimum.reduceat(rows.min(axis=1), starts)
+    highs = np.maximum.reduceat(rows.max(axis=1), starts)
     return min(0.0, float(np.median(lows))), max(float(np.median(highs)), 1e-3)
 
 
