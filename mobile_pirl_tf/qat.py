@@ -344,9 +344,9 @@ def distill(qat_model, images, teacher_features, epochs, learning_rate=1e-4, bat
     """Feature distillation (module docstring); returns the per-epoch losses.
 
     The student trains in the inference mode of its float layers (`deterministic_training`).
-    The Adam learning rate decays to 0 on a cosine over all steps: at a constant rate the loss jumps
-    back up between epochs (seen on MnasNet-A1: 0.059 -> 0.180 in the fifth of five epochs),
-    and the model is kept as the last step leaves it.
+    The Adam learning rate decays to 0 on a cosine over all steps: at a constant rate the loss
+    jumps back up between epochs (seen on MnasNet-A1: 0.059 -> 0.180 in the fifth of five
+    epochs), and the model is kept as the last step leaves it.
     """
     tf_keras.utils.set_random_seed(seed)
     deterministic_training(qat_model)
