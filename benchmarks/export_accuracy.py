@@ -65,7 +65,8 @@ flags.DEFINE_float("learning_rate", 0.06, "PIRL learning rate per 256 images (In
 flags.DEFINE_list("variants", ["float32", "int8", "qat_int8"], "Variants to export and probe.")
 flags.DEFINE_integer("qat_epochs", export.QAT_EPOCHS, "QAT feature-distillation epochs (0: "
                      "calibrated fake-quant ranges only).", lower_bound=0)
-flags.DEFINE_float("qat_learning_rate", 1e-4, "QAT Adam learning rate (cosine-decayed to 0).")
+flags.DEFINE_float("qat_learning_rate", export.QAT_LEARNING_RATE,
+                   "QAT Adam learning rate (cosine-decayed to 0).")
 flags.DEFINE_list("seeds", ["0"], "Export seeds. Each one exports every variant again (own "
                   "calibration, agreement and QAT images, QAT run and probe seed) into "
                   "BACKBONE/export (seed 0) or BACKBONE/export_seedN; with several, the "

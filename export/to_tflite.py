@@ -46,7 +46,8 @@ flags.DEFINE_integer("qat_epochs", export.QAT_EPOCHS,
                      "Feature-distillation epochs of quantization-aware training; 0 converts the "
                      "fake-quantized model with its calibrated ranges and no fine-tuning.",
                      lower_bound=0)
-flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of QAT (cosine-decayed to 0).")
+flags.DEFINE_float("qat_learning_rate", export.QAT_LEARNING_RATE,
+                   "Adam learning rate of QAT (cosine-decayed to 0).")
 flags.DEFINE_string("eval_data_dir", None, "Labelled folder (train/, test/) for the linear "
                     "probe on each variant's features (optional).")
 flags.DEFINE_integer("latency_runs", 50, "Timed invokes per thread count (after warm-up).")

@@ -339,8 +339,8 @@ def deterministic_training(model):
             inner.rate = 0.0
 
 
-def distill(qat_model, images, teacher_features, epochs, learning_rate=1e-4, batch_size=32,
-            seed=0, verbose=0):
+def distill(qat_model, images, teacher_features, epochs, learning_rate, batch_size=32, seed=0,
+            verbose=0):
     """Feature distillation (module docstring); returns the per-epoch losses.
 
     The student trains in the inference mode of its float layers (`deterministic_training`).
@@ -360,7 +360,7 @@ def distill(qat_model, images, teacher_features, epochs, learning_rate=1e-4, bat
     steps = epochs * -(-len(images) // batch_size)
     schedule = tf_keras.optimizers.schedules.CosineDecay(learning_rate, max(steps, 1))
     qat_model.compile(optimizer=tf_keras.optimizers.Adam(schedule), loss=standardised_mse)
-    history = qat_model.fit(np.asarray(images, np.float32), np.asarray(teacher_features, np.float32),
+    history = qat_model.fit(np.asarray(images, np.float32), teacher_features,
                             batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose)
     set_weight_ranges(qat_model)  # the ranges of the weights after the last update
     return [float(x) for x in history.history["loss"]]

@@ -245,9 +245,9 @@ def test_qat_runs_one_epoch_and_converts(name, labelled_folder):
     fake_quantized = model(images[:6], training=False).numpy()
     # Against the fake-quantized Keras model. MobileNetV3 meets the variant's stated tolerance
     # (seen: 0.96). EfficientNet-B0 does not on a random-init encoder (seen: 0.73; 0.69 before
-    # its squeeze-excite Multiply was fake-quantized): the converter splits swish into LOGISTIC
-    # and MUL and quantizes both outputs, QAT only the swish output, and the random network
-    # amplifies the difference; a known open problem (issue #6).
+    # its squeeze-excite Multiply was fake-quantized): file and simulation round differently
+    # (the converter splits swish into LOGISTIC and MUL) and B0's error is large either way. On
+    # a trained B0 both are as far from float (centred cosine 0.913 / 0.909; BENCHMARKS.md).
     cosine = export.agreement(fake_quantized, tflite.run(flatbuffer, images[:6]))["cosine_mean"]
     assert cosine >= (export.MIN_COSINE["qat_int8"] if name == "mobilenetv3small" else 0.5)
     if name == "mobilenetv3small":  # epochs=0: calibrated ranges only, nothing trained
