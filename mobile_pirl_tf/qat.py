@@ -45,7 +45,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (  # noqa: E402
     QuantizeLayer)
 
-from mobile_pirl_tf import backbones  # noqa: E402
+from mobile_pirl_tf import backbones, export  # noqa: E402
 
 
 def _flat_layers(model):
@@ -351,8 +351,7 @@ def distill(qat_model, images, teacher_features, epochs, learning_rate, batch_si
     tf_keras.utils.set_random_seed(seed)
     deterministic_training(qat_model)
     teacher_features = np.asarray(teacher_features, np.float32)
-    spread = teacher_features.std(axis=0)
-    scale = 1.0 / np.maximum(spread, 1e-3 * max(float(spread.max()), 1e-12))
+    scale = (1.0 / export.feature_scale(teacher_features)).astype(np.float32)
 
     def standardised_mse(target, prediction):
         return tf_keras.backend.mean(tf_keras.backend.square((prediction - target) * scale), -1)

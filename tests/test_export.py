@@ -67,7 +67,8 @@ def test_report_has_its_documented_fields(mobilenetv3_export):
     for entry in stored["variants"].values():
         for field in ("file", "bytes", "size_vs_float32", "cosine_mean", "cosine_min",
                       "centred_cosine_mean", "centred_cosine_min", "feature_spread",
-                      "max_abs_diff", "latency_ms", "ops", "flex_ops", "passed"):
+                      "standardised_mse", "max_abs_diff", "latency_ms", "ops", "flex_ops",
+                      "passed"):
             assert field in entry
         assert set(entry["latency_ms"]["1"]) >= {"median_ms", "p90_ms", "runs", "threads"}
     assert stored["calibration_images"] == 20 and stored["agreement_images"] == 8
@@ -87,6 +88,21 @@ def test_agreement_sees_lost_differences_behind_a_common_mean():
     assert bad["feature_spread"] < export.LOW_FEATURE_SPREAD
     same = export.agreement(reference, reference)
     assert same["centred_cosine_min"] == pytest.approx(1.0) and same["max_abs_diff"] == 0
+    # In units of each feature's spread: noise as large as the signal is ~2, a 1 % error ~1e-4.
+    assert bad["standardised_mse"] > 1 and good["standardised_mse"] < 1e-3
+    assert same["standardised_mse"] == 0 and export.agreement(reference[:1], kept[:1])[
+        "standardised_mse"] is None
+
+
+def test_standardised_error_sees_small_features_that_the_cosine_misses():
+    """One large feature and many small ones: rounding the small ones away keeps the centred
+    cosine near 1, but every small feature is lost in the scale the linear probe uses."""
+    rng = np.random.default_rng(0)
+    reference = np.concatenate([10 * rng.normal(size=(50, 1)), 0.01 * rng.normal(size=(50, 31))], 1)
+    rounded = np.round(reference / 0.05) * 0.05  # an int8-like grid far coarser than the small ones
+    result = export.agreement(reference, rounded)
+    assert result["centred_cosine_mean"] > 0.98
+    assert result["standardised_mse"] > 0.5
 
 
 def test_stale_batchnorm_is_flagged_and_recalibration_fixes_it(tmp_path, labelled_folder):
