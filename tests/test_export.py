@@ -98,7 +98,8 @@ def test_standardised_error_sees_small_features_that_the_cosine_misses():
     """One large feature and many small ones: rounding the small ones away keeps the centred
     cosine near 1, but every small feature is lost in the scale the linear probe uses."""
     rng = np.random.default_rng(0)
-    reference = np.concatenate([10 * rng.normal(size=(50, 1)), 0.01 * rng.normal(size=(50, 31))], 1)
+    reference = np.concatenate([10 * rng.normal(size=(50, 1)),
+                                0.01 * rng.normal(size=(50, 31))], axis=1)
     rounded = np.round(reference / 0.05) * 0.05  # an int8-like grid far coarser than the small ones
     result = export.agreement(reference, rounded)
     assert result["centred_cosine_mean"] > 0.98
