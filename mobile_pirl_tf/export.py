@@ -66,7 +66,8 @@ def feature_spread(features):
 def feature_scale(features):
     """Per-feature spread (std over the images) of [N, d] features, floored at 1e-3 of the largest
     so that a constant feature does not divide by zero: the scale the linear probe standardises
-    each feature to (`evaluation.linear_probe_scores`)."""
+    each feature to (`evaluation.linear_probe_scores`, which adds 1e-6 instead of a floor), used
+    by `agreement` and as the QAT distillation loss's scale."""
     spread = np.asarray(features, np.float64).std(axis=0)
     return np.maximum(spread, 1e-3 * max(float(spread.max()), 1e-12))
 
@@ -223,7 +224,8 @@ def quantization_aware(encoder, backbone, width, calibration, images, epochs, le
     losses = []
     if epochs:
         teacher = np.asarray(encoder.predict(images, verbose=0, batch_size=32))
-        losses = qat.distill(model, images, teacher, epochs, learning_rate, seed=seed)
+        losses = qat.distill(model, images, teacher, feature_scale(teacher), epochs,
+                             learning_rate, seed=seed)
     return model, {"twin_max_abs_diff": difference, "qat_epochs": epochs,
                    "qat_images": int(len(images)) if epochs else 0,
                    "qat_distillation_loss": losses}
