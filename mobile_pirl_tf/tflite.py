@@ -5,6 +5,7 @@ ops (no Flex / SELECT_TF_OPS), so stock LiteRT runtimes and the XNNPACK delegate
 Host inference uses `ai_edge_litert.interpreter.Interpreter` (XNNPACK on by default).
 """
 
+import collections
 import time
 
 import numpy as np
@@ -101,10 +102,15 @@ def interpreter(model_content, num_threads=1):
     return runner
 
 
-def op_names(model_content):
-    """The distinct op names of a flatbuffer (Flex ops appear as 'FlexXxx' / custom ops)."""
+def op_counts(model_content):
+    """How many ops of each name a flatbuffer holds (Flex ops appear as 'FlexXxx' / custom)."""
     runner = Interpreter(model_content=model_content)
-    return sorted({op["op_name"] for op in runner._get_ops_details()})
+    return collections.Counter(op["op_name"] for op in runner._get_ops_details())
+
+
+def op_names(model_content):
+    """The distinct op names of a flatbuffer."""
+    return sorted(op_counts(model_content))
 
 
 def flex_ops(model_content):

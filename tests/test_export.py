@@ -247,6 +247,16 @@ def test_distillation_trains_the_float_layers_in_inference_mode():
     assert relative_difference() < 1e-5
 
 
+def test_op_counts_count_every_op():
+    """What benchmarks/export_targets.py reports as our export's extra ops over a plain one."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = keras.layers.Add()([keras.layers.Conv2D(3, 1)(x), x])
+    counts = tflite.op_counts(tflite.convert(keras.Model(inputs, x), "float32"))
+    assert counts == {"MUL": 1, "ADD": 2, "CONV_2D": 1}, counts
+    assert tflite.op_names(tflite.convert(keras.Model(inputs, x), "float32")) == sorted(counts)
+
+
 @pytest.mark.parametrize("name", ["mobilenetv3small", "efficientnetb0"])
 def test_qat_runs_one_epoch_and_converts(name, labelled_folder):
     encoder = trained_like_encoder(name, labelled_folder)
