@@ -2,7 +2,7 @@
 
     python evaluate.py --model_dir=runs/pirl --data_dir=DATA --protocol=linear,knn
     python evaluate.py --encoder=PATH/encoder.keras --dataset=stl10
-    python evaluate.py --baseline=random --backbone=mobilenetv3small --image_size=64 \
+    python evaluate.py --baseline=random --backbone=mobilenetv3small --image_size=64 \\
         --data_dir=DATA --output_dir=runs/random
     python evaluate.py --baseline=supervised --supervised_minutes=20 ...
 
@@ -15,48 +15,26 @@ given (or found there from an earlier run).
 import json
 import logging
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from mobile_pirl_tf import UsageError, cli, config  # noqa: E402 - TensorFlow is imported in main
 
-from mobile_pirl_tf import UsageError  # noqa: E402
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "A train.py run folder (reads its encoder.keras).")
-flags.DEFINE_string("encoder", None, "Path to an encoder.keras instead of --model_dir.")
-flags.DEFINE_string("dataset", "stl10", "TFDS data set with train and test splits.")
-flags.DEFINE_string("data_dir", None, "Folder with train/<class>/ and test/<class>/ (overrides "
-                    "--dataset).")
-flags.DEFINE_string("tfds_data_dir", None, "Where prepared TFDS data sets are.")
-flags.DEFINE_list("protocol", ["linear"], "linear, knn, or both: linear,knn.")
-flags.DEFINE_string("output_dir", None, "Where eval_<protocol>.json goes (default: the model_dir, "
-                    "or the encoder's folder).")
-flags.DEFINE_enum("baseline", None, ["random", "supervised"], "Evaluate a baseline instead of a "
-                  "trained encoder (needs --backbone, --image_size, --output_dir).")
-flags.DEFINE_string("backbone", None, "Backbone of a baseline.")
-flags.DEFINE_integer("image_size", None, "Baseline input size; for an encoder, a check.")
-flags.DEFINE_float("width", 1.0, "Baseline width multiplier.")
-flags.DEFINE_integer("supervised_epochs", 0, "Supervised baseline epochs (an upper bound when "
-                     "--supervised_minutes is set).")
-flags.DEFINE_float("supervised_minutes", 0, "Supervised baseline time budget in minutes.")
-flags.DEFINE_integer("supervised_batch_size", 64, "Supervised baseline batch size.")
-flags.DEFINE_integer("seed", 0, "Seed for baselines and the linear probe.")
+cli.define_flags(config.EvalConfig)
 
 
-def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, seed):
+def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, cfg):
     """Builds (or reuses, when output_dir holds the same baseline) a baseline encoder."""
     import keras
 
-    from mobile_pirl_tf import baselines, backbones
+    from mobile_pirl_tf import baselines
 
-    backbones.check_backbone(backbone, width)
+    config.check_backbone(backbone, width)
     spec = {"baseline": kind, "backbone": backbone, "image_size": image_size, "width": width,
-            "seed": seed, "data": train.name}
+            "seed": cfg.seed, "data": train.name}
     if kind == "supervised":
-        spec.update(epochs=FLAGS.supervised_epochs, minutes=FLAGS.supervised_minutes,
-                    batch_size=FLAGS.supervised_batch_size)
+        spec.update(epochs=cfg.supervised_epochs, minutes=cfg.supervised_minutes,
+                    batch_size=cfg.supervised_batch_size)
     path, spec_path = (os.path.join(output_dir, n) for n in ("encoder.keras", "baseline.json"))
     if os.path.exists(spec_path):
         with open(spec_path) as f:
@@ -67,15 +45,15 @@ def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, seed
         raise UsageError(f"--output_dir={output_dir} already holds another encoder.keras; "
                          "use a new --output_dir")
     if kind == "random":
-        encoder, info = baselines.random_encoder(backbone, image_size, width, seed), {}
+        encoder, info = baselines.random_encoder(backbone, image_size, width, cfg.seed), {}
     else:
-        if not (FLAGS.supervised_epochs or FLAGS.supervised_minutes):
+        if not cfg.supervised_asked():
             raise UsageError("--baseline=supervised needs --supervised_epochs=N or "
                              "--supervised_minutes=M")
         encoder, info = baselines.supervised_encoder(
-            backbone, image_size, train, epochs=FLAGS.supervised_epochs or 10_000,
-            budget_seconds=FLAGS.supervised_minutes * 60 or None,
-            batch_size=FLAGS.supervised_batch_size, width=width, seed=seed)
+            backbone, image_size, train, epochs=cfg.supervised_epochs or 10_000,
+            budget_seconds=cfg.supervised_minutes * 60 or None,
+            batch_size=cfg.supervised_batch_size, width=width, seed=cfg.seed)
     os.makedirs(output_dir, exist_ok=True)
     encoder.save(path)
     with open(spec_path, "w") as f:
@@ -83,53 +61,10 @@ def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, seed
     return encoder, path
 
 
-def run(argv):
-    from mobile_pirl_tf import evaluation
-
-    if len(argv) > 1:
-        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    for p in FLAGS.protocol:
-        if p not in evaluation.PROTOCOLS:
-            raise UsageError(f"--protocol must be among {', '.join(evaluation.PROTOCOLS)}, got {p!r}")
-    if FLAGS.baseline:
-        missing = [f"--{n}" for n in ("backbone", "image_size", "output_dir") if not FLAGS[n].value]
-        if missing:
-            raise UsageError(f"--baseline={FLAGS.baseline} needs {', '.join(missing)}")
-    elif not (FLAGS.model_dir or FLAGS.encoder):
-        raise UsageError("pass --model_dir=DIR (a train.py run), --encoder=PATH, or --baseline")
-    train, test = evaluation.labelled_splits(FLAGS.dataset, FLAGS.data_dir, FLAGS.tfds_data_dir)
-
-    if FLAGS.baseline:
-        encoder, path = _baseline_encoder(FLAGS.baseline, FLAGS.backbone, FLAGS.image_size,
-                                          FLAGS.width, train, FLAGS.output_dir, FLAGS.seed)
-        output_dir, label = FLAGS.output_dir, FLAGS.baseline
-    else:
-        encoder, path = evaluation.load_encoder(FLAGS.model_dir, FLAGS.encoder)
-        size = evaluation.encoder_image_size(encoder)
-        if FLAGS.image_size and FLAGS.image_size != size:
-            raise UsageError(f"--image_size={FLAGS.image_size} does not match the encoder's input "
-                             f"size {size}; drop the flag or pass the matching encoder")
-        output_dir = FLAGS.output_dir or FLAGS.model_dir or os.path.dirname(os.path.abspath(path))
-        label = "pirl"
-
-    reports = []
-    for protocol in FLAGS.protocol:
-        reports.append(evaluation.evaluate_encoder(encoder, path, train, test, protocol, output_dir,
-                                                   FLAGS.seed, label=label))
-        if not FLAGS.baseline:
-            reports += _baseline_reports(encoder, path, train, test, protocol, output_dir)
-    print(evaluation.format_table(reports))
-    for protocol in FLAGS.protocol:
-        rows = {r["label"]: r["top1"] for r in reports if r["protocol"] == protocol}
-        if {"pirl", "random", "supervised"} <= set(rows) and rows["supervised"] != rows["random"]:
-            gap = evaluation.gap_closed(rows["pirl"], rows["random"], rows["supervised"])
-            print(f"{protocol}: gap_closed=(pirl - random) / (supervised - random) = {gap:.3f}")
-
-
-def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir):
+def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir, cfg):
     """Random-init (computed when missing) and supervised (when asked or present) rows, for the
     backbone named in the run's config.json."""
-    from mobile_pirl_tf import evaluation
+    from mobile_pirl_tf import backbones, probes
 
     config_path = os.path.join(os.path.dirname(os.path.abspath(encoder_path)), "config.json")
     if not os.path.exists(config_path):
@@ -137,35 +72,59 @@ def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir):
               "run evaluate.py --baseline=... yourself)")
         return []
     with open(config_path) as f:
-        config = json.load(f)
-    asked = bool(FLAGS.supervised_epochs or FLAGS.supervised_minutes)
+        run_config = json.load(f)
     reports = []
-    for kind in ("random", "supervised"):
+    for kind in config.BASELINES:
         base_dir = os.path.join(output_dir, "baselines", kind)
         present = os.path.exists(os.path.join(base_dir, "encoder.keras"))
-        if kind == "supervised" and not asked:
+        if kind == "supervised" and not cfg.supervised_asked():
             if not present:
                 print(f"(supervised baseline not run: pass --supervised_minutes=M or "
                       f"--supervised_epochs=N to compute it into {base_dir})")
                 continue
-            base_encoder, path = evaluation.load_encoder(base_dir)  # from an earlier run
+            base_encoder, path = backbones.load_encoder(base_dir)  # from an earlier run
         else:
             base_encoder, path = _baseline_encoder(
-                kind, config["backbone"], evaluation.encoder_image_size(encoder),
-                config.get("width", 1.0), train, base_dir, FLAGS.seed)
-        reports.append(evaluation.evaluate_encoder(base_encoder, path, train, test, protocol,
-                                                   base_dir, FLAGS.seed, label=kind))
+                kind, run_config["backbone"], backbones.encoder_image_size(encoder),
+                run_config.get("width", 1.0), train, base_dir, cfg)
+        reports.append(probes.evaluate_encoder(base_encoder, path, train, test, protocol,
+                                               base_dir, cfg.seed, label=kind))
     return reports
 
 
 def main(argv):
+    del argv
     logging.getLogger().setLevel(logging.INFO)
-    try:
-        run(argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cfg = cli.config_from_flags(config.EvalConfig).validate()
+    from mobile_pirl_tf import backbones, data, probes
+
+    train, test = data.labelled_splits(cfg.dataset, cfg.data_dir, cfg.tfds_data_dir)
+    if cfg.baseline:
+        encoder, path = _baseline_encoder(cfg.baseline, cfg.backbone, cfg.image_size, cfg.width,
+                                          train, cfg.output_dir, cfg)
+        output_dir, label = cfg.output_dir, cfg.baseline
+    else:
+        encoder, path = backbones.load_encoder(cfg.model_dir, cfg.encoder)
+        size = backbones.encoder_image_size(encoder)
+        if cfg.image_size and cfg.image_size != size:
+            raise UsageError(f"--image_size={cfg.image_size} does not match the encoder's input "
+                             f"size {size}; drop the flag or pass the matching encoder")
+        output_dir = cfg.output_dir or cfg.model_dir or os.path.dirname(os.path.abspath(path))
+        label = "pirl"
+
+    reports = []
+    for protocol in cfg.protocol:
+        reports.append(probes.evaluate_encoder(encoder, path, train, test, protocol, output_dir,
+                                               cfg.seed, label=label))
+        if not cfg.baseline:
+            reports += _baseline_reports(encoder, path, train, test, protocol, output_dir, cfg)
+    print(probes.format_table(reports))
+    for protocol in cfg.protocol:
+        rows = {r["label"]: r["top1"] for r in reports if r["protocol"] == protocol}
+        if {"pirl", "random", "supervised"} <= set(rows) and rows["supervised"] != rows["random"]:
+            gap = probes.gap_closed(rows["pirl"], rows["random"], rows["supervised"])
+            print(f"{protocol}: gap_closed=(pirl - random) / (supervised - random) = {gap:.3f}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, __doc__)

@@ -8,34 +8,27 @@ Rerunning with the same --model_dir resumes from the last finished epoch.
 
 import logging
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from mobile_pirl_tf import cli, config  # noqa: E402 - TensorFlow is imported only in main
 
-from mobile_pirl_tf import UsageError  # noqa: E402
-from mobile_pirl_tf import train_flags  # noqa: E402
-
-FLAGS = flags.FLAGS
-train_flags.define_flags()
+cli.define_flags(config.TrainConfig)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     logging.getLogger().setLevel(logging.INFO)
-    config = train_flags.config_from_flags()
+    train_config = cli.config_from_flags(config.TrainConfig).validate()
     from mobile_pirl_tf.training import train
 
     try:
-        summary = train(config)
-    except (UsageError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        summary = train(train_config)
+    except FloatingPointError as e:
+        cli.fail(e)
     print(f"done: {summary['epochs_done']} epochs, encoder at {summary['encoder']}, "
           f"final loss {summary['final'].get('loss', float('nan')):.4f}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, __doc__)

@@ -1,5 +1,5 @@
 """What quantization costs in accuracy, per mobile backbone, on trained encoders
-(issue #6 accuracy targets).
+(the export's accuracy targets).
 
     python benchmarks/export_accuracy.py [--backbones=mobilenetv2,...] [--training=supervised]
                                          [--seeds=0,1,2]
@@ -9,9 +9,8 @@ For each backbone, in one run:
    OUT/<backbone>/encoder.keras exists, so reruns resume):
    - `--training=supervised` (default): the project's supervised baseline (labels, crop + flip).
      On this 2-core CPU it is the only way to get a trained encoder of every backbone in
-     minutes: after 2 PIRL epochs the features are still near their initialisation (the
-     positive cosine was 0.006 for MobileNetV3-Small), which would make "int8 costs x points"
-     a statement about random features.
+     minutes: after 2 PIRL epochs the features are still near their initialisation, which
+     would make "int8 costs x points" a statement about random features.
    - `--training=pirl`: PIRL (run folder OUT/<backbone>/pirl) with --transforms (default
      `crop`, the best cell of the transformation sweep and the cheapest per step; `jigsaw` is
      the paper's), InfoNCE;
@@ -19,15 +18,15 @@ For each backbone, in one run:
    protocol does (after a few epochs they are mostly still at their initial values and the
    features barely vary across images);
 2. export float32, int8 (post-training, calibrated on 256 training images) and qat_int8
-   (feature distillation) with `export.export_encoder`, which probes every variant's TFLite
+   (feature distillation) with `deploy.export_encoder`, which probes every variant's TFLite
    features with the project's linear probe on DATA/train -> DATA/test;
 3. print the probe top-1 of the Keras encoder and of each variant, and the differences
    int8 - float32 and qat_int8 - float32 in points, against the targets:
    post-training int8 within 2 points of float32 for ReLU6 networks, QAT int8 within 1 point
    for every mobile backbone;
 4. with `--seeds=0,1,2`, repeat 2-3 per seed and print each difference as mean +- sd over the
-   seeds. One export is one draw: QAT int8 minus float32 on MnasNet-A1 was -2.73 / -2.27 / -0.66
-   points with seeds 0 / 1 / 2 (BENCHMARKS.md), so a 1-point target is judged on a mean.
+   seeds. One export is one draw (its calibration, distillation and probe samples move QAT int8
+   by 0.2-1 point: docs/notes/int8-accuracy.md), so a 1-point target is judged on a mean.
 
 A variant whose features disagree with the Keras encoder beyond its tolerance is recorded as
 failed (with its cosine) and the run goes on with the next backbone. Latency at this size is
@@ -36,36 +35,31 @@ not the point here (see benchmarks/export_targets.py at 224 px); it is timed wit
 
 import json
 import os
-import sys
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from mobile_pirl_tf import baselines, data, evaluation, export, training  # noqa: E402
+from mobile_pirl_tf import cli, config  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenette")
 RELU6 = ("mobilenetv2", "efficientnetlite0")  # networks whose activations are all ReLU6
 PTQ_POINTS, QAT_POINTS = 2.0, 1.0
 
 flags.DEFINE_list("backbones", ["mobilenetv3small", "mobilenetv2", "efficientnetlite0",
                                 "mnasnet_a1", "mnasnet_b1", "mobilenetv3large", "efficientnetb0"],
                   "Backbones, in order.")
-flags.DEFINE_string("data_root", DATA, "train/ and test/ folders of real images.")
-flags.DEFINE_string("output_dir", "runs/export_accuracy", "One run folder per backbone.")
-flags.DEFINE_integer("image_size", 64, "Input size (training and export).")
+cli.define_common("eval_data_dir", "output_dir", "image_size", output_dir="runs/export_accuracy")
 flags.DEFINE_enum("training", "supervised", ["supervised", "pirl"], "How each encoder is trained.")
 flags.DEFINE_integer("epochs", 3, "Training epochs per backbone.")
 flags.DEFINE_string("transforms", "crop", "PIRL pretext transformations (see train.py).")
 flags.DEFINE_integer("batch_size", 64, "PIRL batch size (supervised: 64).")
 flags.DEFINE_float("learning_rate", 0.06, "PIRL learning rate per 256 images (InfoNCE).")
 flags.DEFINE_list("variants", ["float32", "int8", "qat_int8"], "Variants to export and probe.")
-flags.DEFINE_integer("qat_epochs", export.QAT_EPOCHS, "QAT feature-distillation epochs (0: "
+flags.DEFINE_integer("qat_epochs", config.QAT_EPOCHS, "QAT feature-distillation epochs (0: "
                      "calibrated fake-quant ranges only).", lower_bound=0)
-flags.DEFINE_float("qat_learning_rate", export.QAT_LEARNING_RATE,
+flags.DEFINE_float("qat_learning_rate", config.QAT_LEARNING_RATE,
                    "QAT Adam learning rate (cosine-decayed to 0).")
 flags.DEFINE_list("seeds", ["0"], "Export seeds. Each one exports every variant again (own "
                   "calibration, agreement and QAT images, QAT run and probe seed) into "
@@ -74,6 +68,8 @@ flags.DEFINE_list("seeds", ["0"], "Export seeds. Each one exports every variant 
                   "judged on the mean. The encoder is trained once, with the first seed.")
 flags.register_validator("seeds", lambda seeds: bool(seeds) and all(s.isdigit() for s in seeds),
                          "--seeds must be a comma-separated list of non-negative integers")
+cli.show_in_help("Benchmark", "backbones", "training", "epochs", "transforms", "batch_size",
+                 "learning_rate", "variants", "qat_epochs", "qat_learning_rate", "seeds")
 FLAGS = flags.FLAGS
 
 
@@ -82,14 +78,16 @@ def train_encoder(backbone, model_dir, train_split):
     path = os.path.join(model_dir, "encoder.keras")
     if os.path.exists(path):
         return path
+    from mobile_pirl_tf import backbones, baselines, batchnorm, training
+
     if FLAGS.training == "pirl":
-        config = training.TrainConfig(
+        train_config = config.TrainConfig(
             backbone=backbone, image_size=FLAGS.image_size, transforms=FLAGS.transforms,
             batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
             loss="infonce", num_negatives=4096, shared_negatives=True, seed=int(FLAGS.seeds[0]),
-            data_dir=os.path.join(FLAGS.data_root, "train"),
+            data_dir=os.path.join(FLAGS.eval_data_dir, "train"),
             model_dir=os.path.join(model_dir, "pirl"), verbose=2)
-        encoder, _ = evaluation.load_encoder(encoder_path=training.train(config)["encoder"])
+        encoder, _ = backbones.load_encoder(encoder_path=training.train(train_config)["encoder"])
         info = {}
     else:
         encoder, info = baselines.supervised_encoder(backbone, FLAGS.image_size, train_split,
@@ -98,13 +96,13 @@ def train_encoder(backbone, model_dir, train_split):
     # A few epochs leave the BN moving statistics mostly at their init (momentum 0.999 in
     # MobileNetV2/V3): the features are then nearly constant across images. Re-estimate them,
     # as the evaluation protocol does, so that what is quantized is a usable encoder.
-    evaluation.recalibrate_batchnorm(encoder, train_split, FLAGS.image_size)
+    batchnorm.recalibrate_batchnorm(encoder, train_split, FLAGS.image_size)
     os.makedirs(model_dir, exist_ok=True)
     encoder.save(path + ".tmp.keras")
     os.replace(path + ".tmp.keras", path)
     with open(os.path.join(model_dir, "encoder.json"), "w") as f:
         json.dump({"training": FLAGS.training, "epochs": FLAGS.epochs,
-                   "bn_recalibration_images": evaluation.BN_RECALIBRATION_IMAGES, **info}, f,
+                   "bn_recalibration_images": batchnorm.BN_RECALIBRATION_IMAGES, **info}, f,
                   indent=2)
     return path
 
@@ -168,12 +166,14 @@ def export_seed(encoder, backbone, model_dir, seed, source, splits):
     out_dir = os.path.join(model_dir, "export" if seed == 0 else f"export_seed{seed}")
     report_path = os.path.join(out_dir, "report.json")
     if not os.path.exists(report_path):
+        from mobile_pirl_tf import deploy
+
+        export_config = config.ExportConfig(
+            variants=tuple(FLAGS.variants), backbone=backbone, qat_epochs=FLAGS.qat_epochs,
+            qat_learning_rate=FLAGS.qat_learning_rate, latency_runs=10, threads=(2,), seed=seed)
         try:
-            export.export_encoder(encoder, out_dir, FLAGS.variants, source, backbone=backbone,
-                                  qat_epochs=FLAGS.qat_epochs,
-                                  qat_learning_rate=FLAGS.qat_learning_rate, probe_splits=splits,
-                                  latency_runs=10, threads=(2,), seed=seed)
-        except export.ExportMismatch as e:  # the report is written; the summary shows it
+            deploy.export_encoder(encoder, out_dir, source, export_config, splits)
+        except deploy.ExportMismatch as e:  # the report is written; the summary shows it
             logging.warning("%s", e)
     with open(report_path) as f:
         return json.load(f)
@@ -182,12 +182,14 @@ def export_seed(encoder, backbone, model_dir, seed, source, splits):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    splits = evaluation.folder_splits(FLAGS.data_root)
-    source = data.folder_source(os.path.join(FLAGS.data_root, "train"))
+    from mobile_pirl_tf import backbones, data
+
+    splits = data.folder_splits(FLAGS.eval_data_dir)
+    source = data.folder_source(os.path.join(FLAGS.eval_data_dir, "train"))
     lines = []
     for backbone in FLAGS.backbones:
         model_dir = os.path.join(FLAGS.output_dir, backbone)
-        encoder, _ = evaluation.load_encoder(
+        encoder, _ = backbones.load_encoder(
             encoder_path=train_encoder(backbone, model_dir, splits[0]))
         reports = []
         for seed in FLAGS.seeds:
@@ -202,4 +204,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, __doc__)

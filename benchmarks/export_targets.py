@@ -1,4 +1,4 @@
-"""Size and latency targets of the int8 export, per mobile backbone (issue #6 targets).
+"""Size and latency targets of the int8 export, per mobile backbone.
 
     python benchmarks/export_targets.py [--image_size=224] [--backbones=mobilenetv2,...]
 
@@ -24,29 +24,26 @@ int8 is calibrated on --calibration_images real images.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
 import keras  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from mobile_pirl_tf import backbones, data, evaluation, export, tflite  # noqa: E402
+from mobile_pirl_tf import backbones, batchnorm, cli, data, deploy, tflite  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenette")
 PLAIN = {"mobilenetv2": "MobileNetV2", "mobilenetv3small": "MobileNetV3Small",
          "mobilenetv3large": "MobileNetV3Large", "efficientnetb0": "EfficientNetB0"}
 
-flags.DEFINE_integer("image_size", 224, "Input size.")
+cli.define_common("image_size", "eval_data_dir", image_size=224)
 flags.DEFINE_list("backbones", ["mobilenetv2", "mobilenetv3small", "mobilenetv3large",
                                 "efficientnetb0", "efficientnetlite0", "mnasnet_a1", "mnasnet_b1"],
                   "Backbones.")
-flags.DEFINE_string("data_root", DATA, "train/ and test/ folders of real images.")
 flags.DEFINE_integer("calibration_images", 200, "int8 calibration images.")
 flags.DEFINE_integer("runs", 50, "Timed invokes per round.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds per thread count (median of the rounds' "
                      "medians); more rounds steady the ratios on a shared machine.")
+cli.show_in_help("Benchmark", "backbones", "calibration_images", "runs", "rounds")
 FLAGS = flags.FLAGS
 
 
@@ -66,16 +63,16 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     size = FLAGS.image_size
-    train, _ = evaluation.folder_splits(FLAGS.data_root)
-    source = data.folder_source(os.path.join(FLAGS.data_root, "train"))
-    calibration = export.sample_images(source, FLAGS.calibration_images, size)
+    train, _ = data.folder_splits(FLAGS.eval_data_dir)
+    source = data.folder_source(os.path.join(FLAGS.eval_data_dir, "train"))
+    calibration = deploy.sample_images(source, FLAGS.calibration_images, size)
     print(f"image_size={size} runs={FLAGS.runs} rounds={FLAGS.rounds} "
           f"calibration_images={len(calibration)}")
     for name in FLAGS.backbones:
         keras.utils.set_random_seed(0)
         backbone = backbones.build_backbone(name)
         encoder = backbones.build_encoder(backbone, size)
-        evaluation.recalibrate_batchnorm(encoder, train, size, num_images=256)
+        batchnorm.recalibrate_batchnorm(encoder, train, size, num_images=256)
         float32 = tflite.convert(encoder, "float32")
         int8 = tflite.convert(encoder, "int8", calibration)
         line = [f"{name}: float32_kb={len(float32) / 1024:.0f} int8_kb={len(int8) / 1024:.0f} "
@@ -118,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, __doc__)

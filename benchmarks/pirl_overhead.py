@@ -1,4 +1,4 @@
-"""PIRL step overhead, input-pipeline headroom and memory-bank scaling (issue #2 benchmark).
+"""PIRL step overhead, input-pipeline headroom and memory-bank scaling.
 
     python benchmarks/pirl_overhead.py [--backbone=mobilenetv3small --image_size=96 --batch_size=32]
 
@@ -16,42 +16,37 @@ compared steps interleaved so machine drift hits both):
 
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
-from mobile_pirl_tf import data, training, views  # noqa: E402
+from mobile_pirl_tf import cli, config, data, pipeline, training, transforms  # noqa: E402
 
-flags.DEFINE_string("backbone", "mobilenetv3small", "Backbone.")
-flags.DEFINE_integer("image_size", 96, "Image size.")
+cli.define_common("backbone", "image_size", "data_dir", image_size=96)
 flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_integer("steps", 10, "Steps per timed round.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds (median reported).")
 flags.DEFINE_integer("scaling_negatives", 4096, "Negatives for the bank-scaling comparison "
                      "(the same for both bank sizes; must be < 10,000).")
-flags.DEFINE_string("data_dir", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                                             "imagenette", "train"),
-                    "Real images for the pipeline measurement.")
+cli.show_in_help("Benchmark", "batch_size", "steps", "repeats", "scaling_negatives")
 FLAGS = flags.FLAGS
 
 IMAGENET_ROWS = 1_281_167
 
 
 def make_batch(num_examples):
-    return data.synthetic_batch(FLAGS.batch_size, FLAGS.image_size, num_examples)
+    return pipeline.synthetic_batch(FLAGS.batch_size, FLAGS.image_size, num_examples)
 
 
 def make_model(num_examples, **overrides):
-    config = training.TrainConfig(backbone=FLAGS.backbone, image_size=FLAGS.image_size,
-                                  batch_size=FLAGS.batch_size, **overrides)
-    model = training.build_pirl(config, num_examples)
-    training.set_schedule(model, config, 10_000)
-    training.build_variables(model, config)
+    train_config = config.TrainConfig(backbone=FLAGS.backbone, image_size=FLAGS.image_size,
+                                      batch_size=FLAGS.batch_size, **overrides)
+    model = training.build_pirl(train_config, num_examples)
+    training.set_schedule(model, train_config, 10_000)
+    training.build_variables(model, train_config)
     return model
 
 
@@ -94,8 +89,8 @@ def interleaved(named_steps):
 
 def pipeline_images_per_second():
     source = data.folder_source(FLAGS.data_dir)
-    ds = data.pretraining_dataset(source, FLAGS.image_size, FLAGS.batch_size,
-                                  source.num_examples // FLAGS.batch_size, seed=0)
+    ds = pipeline.pretraining_dataset(source, FLAGS.image_size, FLAGS.batch_size,
+                                      source.num_examples // FLAGS.batch_size, seed=0)
     it = iter(ds)
     for _ in range(5):
         next(it)
@@ -109,10 +104,10 @@ def pipeline_images_per_second():
 def main(argv):
     del argv
     print(f"backbone={FLAGS.backbone} image_size={FLAGS.image_size} batch={FLAGS.batch_size} "
-          f"patch_input={views.jigsaw_geometry(FLAGS.image_size).patch_input} "
+          f"patch_input={transforms.jigsaw_geometry(FLAGS.image_size).patch_input} "
           f"cores={os.cpu_count()} tf={tf.__version__}")
 
-    # 1. PIRL overhead at the default recipe (32,000 per-example negatives) on an ImageNet-size bank.
+    # 1. PIRL overhead at the default recipe (32,000 per-example negatives), ImageNet-size bank.
     default = make_model(IMAGENET_ROWS)
     shared = make_model(IMAGENET_ROWS, shared_negatives=True)
     batch = make_batch(IMAGENET_ROWS)
@@ -139,13 +134,14 @@ def main(argv):
     if not os.path.isdir(FLAGS.data_dir):
         print(f"pipeline_headroom=skipped: no images at {FLAGS.data_dir}")
         return
-    pipeline = pipeline_images_per_second()
-    print(f"images_per_second pipeline={pipeline:.1f} "
+    pipeline_speed = pipeline_images_per_second()
+    print(f"images_per_second pipeline={pipeline_speed:.1f} "
           f"train_step={step_images_per_second['per_example']:.1f} "
           f"train_step_shared_negatives={step_images_per_second['shared']:.1f}")
-    print(f"pipeline_headroom={pipeline / step_images_per_second['per_example']:.2f}")
-    print(f"pipeline_headroom_shared_negatives={pipeline / step_images_per_second['shared']:.2f}")
+    print(f"pipeline_headroom={pipeline_speed / step_images_per_second['per_example']:.2f}")
+    print(f"pipeline_headroom_shared_negatives="
+          f"{pipeline_speed / step_images_per_second['shared']:.2f}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, __doc__)

@@ -1,5 +1,4 @@
-"""Does PIRL learn? PIRL-Jigsaw vs random init vs supervised, same backbone and CPU budget
-(issue #3 quality check).
+"""Does PIRL learn? PIRL-Jigsaw vs random init vs supervised, same backbone and CPU budget.
 
     python benchmarks/quality.py [--budget_minutes=20 --backbone=mobilenetv3small --image_size=64]
 
@@ -14,22 +13,27 @@ Prints top-1 of each and gap_closed = (pirl - random) / (supervised - random).
 
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from mobile_pirl_tf import baselines, data, evaluation, training  # noqa: E402
+from mobile_pirl_tf import (  # noqa: E402
+    backbones,
+    baselines,
+    batchnorm,
+    cli,
+    config,
+    data,
+    pipeline,
+    probes,
+    training,
+)
 
-flags.DEFINE_string("data_root", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                              "data", "imagenette"), "train/ and test/ folders.")
-flags.DEFINE_string("output_dir", "runs/quality", "Where runs, encoders and reports go.")
-flags.DEFINE_string("backbone", "mobilenetv3small", "Backbone.")
-flags.DEFINE_integer("image_size", 64, "Image size.")
+cli.define_common("eval_data_dir", "output_dir", "backbone", "image_size", "seed",
+                  output_dir="runs/quality")
 flags.DEFINE_float("budget_minutes", 20, "Training budget per method (PIRL, supervised).")
 flags.DEFINE_integer("batch_size", 64, "PIRL batch size.")
 flags.DEFINE_float("learning_rate", 0.03, "PIRL learning rate per 256 images.")
@@ -40,35 +44,37 @@ flags.DEFINE_float("temperature", 0.07, "PIRL temperature.")
 flags.DEFINE_float("bank_momentum", 0.5, "Memory-bank momentum.")
 flags.DEFINE_string("head", "linear", "PIRL heads.")
 flags.DEFINE_float("view_min_scale", 0.08, "Smallest area fraction of the image view's crop.")
-flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_integer("pirl_epochs", None, "PIRL epochs (default: as many as the measured step "
                      "time fits in the budget); set it to compare runs at equal epochs.")
 flags.DEFINE_list("skip", [], "Methods to skip (pirl, supervised, random): reuse earlier results.")
+cli.show_in_help("Benchmark", "budget_minutes", "batch_size", "learning_rate", "loss",
+                 "num_negatives", "shared_negatives", "temperature", "bank_momentum", "head",
+                 "view_min_scale", "pirl_epochs", "skip")
 FLAGS = flags.FLAGS
 
 
 def pirl_config(epochs, model_dir):
-    return training.TrainConfig(
+    return config.TrainConfig(
         backbone=FLAGS.backbone, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
         epochs=epochs, learning_rate=FLAGS.learning_rate, loss=FLAGS.loss,
         num_negatives=FLAGS.num_negatives, shared_negatives=FLAGS.shared_negatives,
         temperature=FLAGS.temperature, bank_momentum=FLAGS.bank_momentum, head=FLAGS.head,
         view_min_scale=FLAGS.view_min_scale,
-        seed=FLAGS.seed, data_dir=os.path.join(FLAGS.data_root, "train"), model_dir=model_dir,
+        seed=FLAGS.seed, data_dir=os.path.join(FLAGS.eval_data_dir, "train"), model_dir=model_dir,
         verbose=2)
 
 
 def pirl_epochs_for_budget(num_examples, budget_seconds):
     """Epochs that fit the budget, from the measured time of train steps fed by the real input
     pipeline (it shares the CPU with the step), plus a 10% margin."""
-    config = pirl_config(1, "/nonexistent")
-    model = training.build_pirl(config, num_examples)
-    training.build_variables(model, config)
-    source = data.folder_source(config.data_dir)
-    batches = iter(data.pretraining_dataset(source, config.image_size, config.batch_size,
-                                            num_examples // config.batch_size, config.seed,
-                                            names=config.transform_names(),
-                                            params=config.transform_params()))
+    train_config = pirl_config(1, "/nonexistent")
+    model = training.build_pirl(train_config, num_examples)
+    training.build_variables(model, train_config)
+    source = data.folder_source(train_config.data_dir)
+    batches = iter(pipeline.pretraining_dataset(
+        source, train_config.image_size, train_config.batch_size,
+        num_examples // train_config.batch_size, train_config.seed,
+        names=train_config.transform_names(), params=train_config.transform_params()))
     step = tf.function(model.train_step)
     for _ in range(3):  # tracing, and the pipeline filling its buffers
         float(step(next(batches))["loss"])
@@ -78,16 +84,17 @@ def pirl_epochs_for_budget(num_examples, budget_seconds):
         out = step(next(batches))
     float(out["loss"])
     per_step = (time.perf_counter() - start) / timed * 1.1
-    steps_per_epoch = num_examples // config.batch_size
+    steps_per_epoch = num_examples // train_config.batch_size
     epochs = max(1, int((budget_seconds - 60) / (per_step * steps_per_epoch)))  # 60 s: tracing
-    logging.info("PIRL: %.3f s/step, %d steps/epoch -> %d epochs", per_step, steps_per_epoch, epochs)
+    logging.info("PIRL: %.3f s/step, %d steps/epoch -> %d epochs", per_step, steps_per_epoch,
+                 epochs)
     return epochs
 
 
 def main(argv):
     del argv
     budget = FLAGS.budget_minutes * 60
-    train, test = evaluation.folder_splits(FLAGS.data_root)
+    train, test = data.folder_splits(FLAGS.eval_data_dir)
     out = FLAGS.output_dir
     encoders = {}
     timings = {}
@@ -122,20 +129,20 @@ def main(argv):
 
     reports = []
     # The protocol's BN recalibration (default), and each encoder's own moving statistics (0).
-    for bn_images in (evaluation.BN_RECALIBRATION_IMAGES, 0):
+    for bn_images in (batchnorm.BN_RECALIBRATION_IMAGES, 0):
         for label in ("pirl", "random", "supervised"):
-            encoder, path = evaluation.load_encoder(encoder_path=encoders[label])
+            encoder, path = backbones.load_encoder(encoder_path=encoders[label])
             for protocol in ("linear", "knn"):
-                report = evaluation.evaluate_encoder(encoder, path, train, test, protocol,
-                                                     os.path.dirname(path), FLAGS.seed,
-                                                     label=label, bn_images=bn_images)
+                report = probes.evaluate_encoder(encoder, path, train, test, protocol,
+                                                 os.path.dirname(path), FLAGS.seed,
+                                                 label=label, bn_images=bn_images)
                 reports.append(report)
-    print(evaluation.format_table(reports))
-    for bn_images in (evaluation.BN_RECALIBRATION_IMAGES, 0):
+    print(probes.format_table(reports))
+    for bn_images in (batchnorm.BN_RECALIBRATION_IMAGES, 0):
         for protocol in ("linear", "knn"):
             top1 = {r["label"]: r["top1"] for r in reports
                     if r["protocol"] == protocol and r["bn_recalibration_images"] == bn_images}
-            gap = evaluation.gap_closed(top1["pirl"], top1["random"], top1["supervised"])
+            gap = probes.gap_closed(top1["pirl"], top1["random"], top1["supervised"])
             print(f"{protocol} bn_recalibration_images={bn_images}: "
                   f"pirl={100 * top1['pirl']:.2f} random={100 * top1['random']:.2f} "
                   f"supervised={100 * top1['supervised']:.2f} "
@@ -153,4 +160,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, __doc__)

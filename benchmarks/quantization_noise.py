@@ -13,29 +13,25 @@ relative to the tensor's own sd; the sum of squares over tensors is, to first or
 noise-to-signal variance the features accumulate. A tensor whose few large values stretch its
 range (ReLU networks; ReLU6 caps them at 6) gets coarse steps for all its ordinary values.
 
-It ranks the seven backbones as their measured int8 losses do (BENCHMARKS.md, eighth session),
-so it says before any export which backbone will quantize well. It is a predictor, not a lever:
-rescaling MnasNet-A1's ReLU channels to equal ranges (cross-layer equalization) cut a
-per-channel version of it 4.5x and did not make the int8 file measurably better.
+It ranks the seven backbones as their measured int8 losses do (docs/notes/int8-accuracy.md),
+so it says before any export which backbone will quantize well. It is a predictor, not a lever
+(equalizing channel ranges lowers it without making the int8 file better: same note).
 
 Prints one line per backbone: median, p90 and max of the relative noise over tensors, their sum
 of squares, and the tensors with the largest relative noise.
 """
 
 import os
-import sys
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from mobile_pirl_tf import data, export  # noqa: E402
+from mobile_pirl_tf import cli, data, deploy  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenette")
 STORED = ("ReLU", "Activation", "Add", "Multiply", "BatchNormalization")
 
 flags.DEFINE_string("runs_dir", "runs/export_accuracy",
@@ -44,8 +40,9 @@ flags.DEFINE_list("backbones", ["mobilenetv2", "efficientnetlite0", "mobilenetv3
                                 "mnasnet_b1", "mnasnet_a1", "mobilenetv3large", "efficientnetb0"],
                   "Backbones, in order (those without an encoder are skipped, and said so).")
 flags.DEFINE_string("encoder", None, "One encoder.keras to measure instead of --runs_dir.")
-flags.DEFINE_string("data_dir", os.path.join(DATA, "train"), "Folder of real images.")
+cli.define_common("data_dir")
 flags.DEFINE_integer("images", 128, "Images to measure the activations on.")
+cli.show_in_help("Benchmark", "runs_dir", "backbones", "encoder", "images")
 FLAGS = flags.FLAGS
 
 
@@ -100,7 +97,7 @@ def main(_):
                   "benchmarks/export_accuracy.py first)")
             continue
         encoder = keras.models.load_model(path, compile=False)
-        images = export.sample_images(source, FLAGS.images, int(encoder.input.shape[1]))
+        images = deploy.sample_images(source, FLAGS.images, int(encoder.input.shape[1]))
         noise = relative_noise(encoder, images)
         rel = np.array([n for n, _ in noise])
         worst = ", ".join(f"{name} {n:.3f}" for n, name in sorted(noise, reverse=True)[:3])
@@ -110,4 +107,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, __doc__)

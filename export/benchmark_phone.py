@@ -120,7 +120,8 @@ def benchmark(model, binary, num_threads=4, use_gpu=False, use_xnnpack=True, num
                              warmup_runs)
     output = run("shell", *command)
     return {
-        "model": os.path.abspath(model), "device": run("shell", "getprop", "ro.product.model").strip(),
+        "model": os.path.abspath(model),
+        "device": run("shell", "getprop", "ro.product.model").strip(),
         "abi": run("shell", "getprop", "ro.product.cpu.abi").strip(), "serial": serial,
         "num_threads": num_threads, "use_gpu": use_gpu, "use_xnnpack": use_xnnpack,
         "num_runs": num_runs, "warmup_runs": warmup_runs, "command": " ".join(command),

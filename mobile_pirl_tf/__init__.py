@@ -2,25 +2,27 @@
 
 One module per concept:
 
-- `backbones`: the backbone zoo as feature extractors, `weights=None`, global pooling;
-  `mbconv`, `mnasnet`, `efficientnet_lite`: the networks keras.applications lacks;
-  `models`: the comparison table (parameters, graph-counted multiply-adds, latency).
-- `views`: the image view v_I and the jigsaw view v_I^t, as tf.data-friendly TF ops;
-  `transforms`: every pretext transformation and their compositions; `sweep`: the
-  contingency sweep over transformation pairs.
-- `heads`: the projection heads f (image) and g (jigsaw).
-- `memory_bank`: the per-example memory bank and negative sampling.
-- `losses`: NCE and InfoNCE on memory-bank logits.
-- `pirl`: the PIRL `keras.Model` with its custom `train_step`.
-- `data`: image sources (folders of images, TFDS) and the input pipeline.
-- `training`: configuration, checkpoint/resume, `model.fit` under `tf.distribute`;
-  `train_flags`: its command-line flags.
-- `evaluation`, `baselines`: linear probe / kNN of frozen encoders, random and supervised.
-- `tflite`, `export`: conversion to LiteRT variants, agreement, latency and the export report;
-  `qat`: quantization-aware training (the only module using tf_keras and tfmot).
+- configuration (free of TensorFlow): `config` (every tool's settings as a dataclass, and the
+  names they accept), `cli` (flags generated from those dataclasses, --help, one-line errors).
+- networks: `backbones` (the zoo as pooled feature extractors, `weights=None`; the encoder),
+  `mbconv`, `mnasnet`, `efficientnet_lite` (the networks keras.applications lacks),
+  `complexity` (the proposal's Table I: parameters, graph-counted multiply-adds, latency).
+- data: `data` (unlabelled sources and labelled splits), `augment` (seeded augmentation ops),
+  `views` (the image view v_I and the training element), `transforms` (every pretext
+  transformation t, the jigsaw included, and their compositions), `pipeline` (the tf.data
+  pretraining pipeline).
+- PIRL: `heads` (projection heads f and g), `memory_bank` (bank and negative sampling),
+  `losses` (NCE, InfoNCE), `pirl` (the `keras.Model` with its custom `train_step`),
+  `training` (strategy, checkpoint / resume, `model.fit`), `callbacks` (per-epoch checkpoint,
+  kNN monitor), `sweep` (the contingency sweep over transformation pairs).
+- evaluation: `batchnorm` (re-estimating batch-norm statistics), `features` (cached frozen
+  features), `probes` (linear probe, kNN), `baselines` (random-init and supervised encoders).
+- deployment: `tflite` (conversion to LiteRT variants, host inference and latency),
+  `agreement` (converted vs float features), `deploy` (the export and its report), `qat`
+  (quantization-aware training: the only module using tf_keras and tfmot).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class UsageError(ValueError):

@@ -21,9 +21,12 @@ classifier top, so its pooled features are the 576 / 960 channels before it.)
 Weights are always random (`weights=None`): nothing is downloaded.
 """
 
+import os
+
 import keras
 
-from mobile_pirl_tf import efficientnet_lite, mnasnet
+from mobile_pirl_tf import UsageError, config, efficientnet_lite, mnasnet
+from mobile_pirl_tf.config import check_backbone  # noqa: F401 - re-exported
 
 IMAGENET_MEAN = mnasnet.IMAGENET_MEAN
 IMAGENET_STD = mnasnet.IMAGENET_STD
@@ -59,43 +62,48 @@ def _rescale_minus_one_to_one(lib):
     return lib.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")
 
 
-# name -> (builder(width, input_shape, include_top, lib), has a width multiplier)
+# name -> builder(width, input_shape, include_top, lib); which take a width multiplier is
+# `config.BACKBONE_WIDTHS` (checked without building anything).
 BACKBONES = {
-    "resnet50": (_application("ResNet50", mnasnet.imagenet_normalization, has_width=False), False),
-    "mobilenetv2": (_application("MobileNetV2", _rescale_minus_one_to_one), True),
-    "mobilenetv3small": (_application("MobileNetV3Small", include_preprocessing=True), True),
-    "mobilenetv3large": (_application("MobileNetV3Large", include_preprocessing=True), True),
-    "efficientnetb0": (_application("EfficientNetB0", has_width=False), False),
-    "efficientnetlite0": (_application(efficientnet_lite.EfficientNetLite0), True),
-    "mnasnet_a1": (_application(mnasnet.MnasNetA1), True),
-    "mnasnet_b1": (_application(mnasnet.MnasNetB1), True),
+    "resnet50": _application("ResNet50", mnasnet.imagenet_normalization, has_width=False),
+    "mobilenetv2": _application("MobileNetV2", _rescale_minus_one_to_one),
+    "mobilenetv3small": _application("MobileNetV3Small", include_preprocessing=True),
+    "mobilenetv3large": _application("MobileNetV3Large", include_preprocessing=True),
+    "efficientnetb0": _application("EfficientNetB0", has_width=False),
+    "efficientnetlite0": _application(efficientnet_lite.EfficientNetLite0),
+    "mnasnet_a1": _application(mnasnet.MnasNetA1),
+    "mnasnet_b1": _application(mnasnet.MnasNetB1),
 }
-
-
-def check_backbone(name, width=1.0):
-    """Raises a one-line `UsageError` for an unknown backbone or a width it cannot take."""
-    from mobile_pirl_tf import UsageError
-
-    if name not in BACKBONES:
-        raise UsageError(f"unknown --backbone={name!r}; valid values: {', '.join(sorted(BACKBONES))}")
-    _, has_width = BACKBONES[name]
-    if width <= 0:
-        raise UsageError(f"--width must be positive, got {width}")
-    if width != 1.0 and not has_width:
-        with_width = sorted(n for n, (_, w) in BACKBONES.items() if w)
-        raise UsageError(f"--backbone={name} has no width multiplier; use --width=1.0 or one of "
-                         f"{', '.join(with_width)}")
+assert set(BACKBONES) == set(config.BACKBONE_WIDTHS), "config.BACKBONE_WIDTHS is out of date"
 
 
 def build_backbone(name, width=1.0, input_shape=ANY_SIZE, include_top=False, lib=keras):
     """Returns a `keras.Model` mapping [B, H, W, 3] pixels in [0, 255] to [B, d] features
     (or, with `include_top`, to 1000 ImageNet-style class probabilities)."""
     check_backbone(name, width)
-    builder, _ = BACKBONES[name]
-    return builder(width, input_shape, include_top, lib)
+    return BACKBONES[name](width, input_shape, include_top, lib)
 
 
 def build_encoder(backbone, image_size):
     """The deployable encoder: the backbone with a fixed [image_size, image_size, 3] input."""
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     return keras.Model(inputs, backbone(inputs), name="encoder")
+
+
+def encoder_image_size(encoder):
+    """The side of an encoder's fixed square input."""
+    shape = encoder.input_shape
+    if shape[1] is None or shape[1] != shape[2]:
+        raise UsageError(f"the encoder's input {shape} is not a fixed square; export it with "
+                         "backbones.build_encoder(backbone, image_size)")
+    return int(shape[1])
+
+
+def load_encoder(model_dir=None, encoder_path=None):
+    """(encoder, path) of `encoder_path`, or of MODEL_DIR/encoder.keras."""
+    path = encoder_path or os.path.join(model_dir or "", "encoder.keras")
+    if not os.path.isfile(path):
+        where = f"--encoder={encoder_path}" if encoder_path else f"--model_dir={model_dir}"
+        raise UsageError(f"{where}: no encoder at {path}; train one with train.py "
+                         "(it writes MODEL_DIR/encoder.keras) or pass --encoder=PATH")
+    return keras.models.load_model(path), path

@@ -3,8 +3,9 @@ backbone trained with labels (supervised) for a given epoch or time budget.
 
 Supervised recipe: backbone + Linear(num_classes) on the labelled train split, augmentation =
 random-resized crop (scale 0.25-1) + horizontal flip, SGD momentum 0.9, LR 0.1 x batch/256 with
-cosine decay, weight decay 5e-5 (decoupled, not on batch-norm or biases), batch 64 by default. With a time budget the
-number of epochs is chosen from the measured step time so the cosine schedule completes.
+cosine decay, weight decay 5e-5 (decoupled, not on batch-norm or biases), batch 64 by default.
+With a time budget the number of epochs is chosen from the measured step time so the cosine
+schedule completes.
 """
 
 import logging
@@ -13,7 +14,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mobile_pirl_tf import backbones, data, evaluation, views
+from mobile_pirl_tf import augment, backbones, data, pipeline
 
 
 def random_encoder(backbone_name, image_size, width=1.0, seed=0):
@@ -23,16 +24,18 @@ def random_encoder(backbone_name, image_size, width=1.0, seed=0):
 
 def _train_view(image, image_size, seed):
     s = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    x = views.random_resized_crop(tf.cast(image, tf.float32) / 255.0, image_size, (0.25, 1.0), s[0])
+    x = augment.random_resized_crop(tf.cast(image, tf.float32) / 255.0, image_size, (0.25, 1.0),
+                                    s[0])
     return tf.image.stateless_random_flip_left_right(x, s[1]) * 255.0
 
 
 def supervised_dataset(split, image_size, batch_size, seed=0):
-    keys, decode = evaluation.split_keys(split)
+    keys, decode = data.split_keys(split)
     labels = tf.data.Dataset.from_tensor_slices(split.labels)
-    ds = tf.data.Dataset.zip(keys, labels).shuffle(len(split.labels), seed=seed).repeat().enumerate()
+    ds = tf.data.Dataset.zip(keys, labels).shuffle(len(split.labels), seed=seed)
+    ds = ds.repeat().enumerate()
     ds = ds.map(lambda i, kl: (_train_view(decode(kl[0]), image_size,
-                                           data.example_seed(seed, 0, i)), kl[1]),
+                                           pipeline.example_seed(seed, 0, i)), kl[1]),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

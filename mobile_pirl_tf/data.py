@@ -1,15 +1,13 @@
-"""Image sources (a folder of images, or a TFDS data set) and the PIRL input pipeline.
+"""Image data: unlabelled sources for pretraining, labelled splits for evaluation.
 
-A `Source` is a list of keys (file paths, or encoded image bytes for TFDS) with a stable
-example index 0..N-1 (the memory-bank row) and a TF function that decodes a key to a uint8
-RGB image. The pipeline, entirely tf.data with TF ops:
+A `Source` (unlabelled) is a list of keys (file paths, or encoded image bytes for TFDS) with a
+stable example index 0..N-1 (the memory-bank row) and a TF function that decodes a key to a
+uint8 RGB image: a folder of images (any nesting), or a prepared TFDS data set. The
+pretraining pipeline built on it is `pipeline.pretraining_dataset`.
 
-    per epoch e: a permutation of the examples under (seed, e), the first steps * batch taken
-    -> parallel map: decode, image view, jigsaw view, with a per-example seed (seed, e, position)
-    -> batch (global, drop remainder) -> prefetch
-
-so the stream of batches is reproducible under --seed, and a resumed run sees exactly the
-epochs it would have seen without the interruption.
+A `LabelledSplit` is the train or test half of labelled data: a folder with train/<class>/...
+and test/<class>/..., or a TFDS data set with train and test splits. Class indices follow the
+sorted folder names (TFDS: its labels). `split_images` gives its centre crops in order.
 """
 
 import dataclasses
@@ -20,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, transforms, views
+from mobile_pirl_tf import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # TFDS names -> the split used for unlabelled pretraining.
@@ -90,10 +88,11 @@ def folder_source(root):
     files, not_images, corrupt = list_image_files(root)
     if not files:
         raise UsageError(f"--data_dir={root} holds no readable image "
-                         f"({', '.join(IMAGE_EXTENSIONS)}); {corrupt} corrupt, {not_images} other files")
+                         f"({', '.join(IMAGE_EXTENSIONS)}); {corrupt} corrupt, "
+                         f"{not_images} other files")
     if corrupt or not_images:
-        logging.warning("%s: using %d images; skipped %d corrupt image files and %d non-image files",
-                        root, len(files), corrupt, not_images)
+        logging.warning("%s: using %d images; skipped %d corrupt image files and %d non-image "
+                        "files", root, len(files), corrupt, not_images)
     else:
         logging.info("%s: %d images", root, len(files))
     return Source(name=os.path.abspath(root), keys=tf.data.Dataset.from_tensor_slices(files),
@@ -126,8 +125,8 @@ def tfds_dataset(name, split, data_dir=None, manual_dir=None):
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
         except Exception as e:  # noqa: BLE001
-            raise UsageError(f"could not prepare TFDS {name!r} from --tfds_manual_dir={manual_dir}: "
-                             f"{str(e).splitlines()[0][:200]}") from None
+            raise UsageError(f"could not prepare TFDS {name!r} from --tfds_manual_dir="
+                             f"{manual_dir}: {str(e).splitlines()[0][:200]}") from None
     splits = builder.info.splits
     if splits and split not in splits:
         raise UsageError(f"TFDS {name!r} has no split {split!r}; it has {sorted(splits)}")
@@ -160,79 +159,88 @@ def make_source(dataset="stl10", data_dir=None, tfds_data_dir=None, tfds_manual_
     return tfds_source(dataset, data_dir=tfds_data_dir, manual_dir=tfds_manual_dir)
 
 
-def example_seed(seed, epoch, position):
-    """The [2] int64 seed of one example's views."""
-    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
+# --- labelled data (evaluation) ---------------------------------------------------------------
+
+@dataclasses.dataclass
+class LabelledSplit:
+    name: str                 # identifies the data for the cache
+    keys: list                # file paths (folder) or None (TFDS: images come from `dataset`)
+    labels: np.ndarray
+    classes: list
+    dataset: object = None    # TFDS: a tf.data.Dataset of (encoded image, label)
 
 
-def pirl_views(image, index, seed, image_size, names=("jigsaw",),
-               params=transforms.TransformParams()):
-    """One training element: {"image": v_I, "patches" or "transformed": v_I^t, "index": i}."""
-    image_seed, transformed_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    key = "patches" if transforms.ends_in_patches(names) else "transformed"
-    return {"image": views.image_view(image, image_size, image_seed, params.view_min_scale),
-            key: transforms.transformed_view(image, image_size, names, transformed_seed, params),
-            "index": index}
+def _class_folders(root):
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+                  and not d.startswith("."))
 
 
-def _epoch_orders(source: Source, examples_per_epoch, seed):
-    """epoch (int64 tensor) -> dataset of (key, index, position) for that epoch.
-
-    Folders (random access): position p of epoch e holds example index_shuffle(p) under the seed
-    (seed, e): an exact, stateless permutation per epoch, so a resumed run sees the same epochs.
-    TFDS (sequential): a shuffle buffer seeded once; reproducible for a given (seed, first epoch).
-    """
-    if source.paths is not None:
-        paths, max_index = tf.constant(source.paths), source.num_examples - 1
-
-        def epoch_elements(epoch):
-            def element(position):
-                perm_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
-                index = tf.random.experimental.index_shuffle(position, perm_seed, max_index)
-                return tf.gather(paths, index), index, position
-            return tf.data.Dataset.range(examples_per_epoch).map(element)
-        return epoch_elements
-
-    indexed = tf.data.Dataset.zip(source.keys, tf.data.Dataset.range(source.num_examples))
-    shuffled = indexed.shuffle(source.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-
-    def epoch_elements(epoch):
-        del epoch
-        return shuffled.take(examples_per_epoch).enumerate().map(
-            lambda position, key_index: (key_index[0], key_index[1], position))
-    return epoch_elements
-
-
-def synthetic_batch(batch_size, image_size, num_examples=None, seed=0, names=("jigsaw",)):
-    """A batch shaped like the pipeline's (random pixels, distinct indices), for building
-    variables and timing steps without reading images."""
-    rng = np.random.default_rng(seed)
-    q = views.jigsaw_geometry(image_size).patch_input
-    num_examples = num_examples or batch_size
-    batch = {
-        "image": tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32),
-        "index": tf.constant(rng.choice(num_examples, batch_size, replace=False), tf.int64)}
-    if transforms.ends_in_patches(names):
-        batch["patches"] = tf.constant(
-            rng.uniform(0, 255, (batch_size, views.NUM_PATCHES, q, q, 3)), tf.float32)
-    else:
-        batch["transformed"] = tf.constant(
-            rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32)
-    return batch
+def folder_splits(root):
+    """(train, test) LabelledSplits from root/train/<class>/... and root/test/<class>/..."""
+    for split in ("train", "test"):
+        if not os.path.isdir(os.path.join(root, split)):
+            raise UsageError(f"--data_dir={root} has no {split}/ folder; labelled data must be "
+                             "laid out as train/<class>/... and test/<class>/...")
+    classes = _class_folders(os.path.join(root, "train"))
+    if not classes:
+        raise UsageError(f"{root}/train has no class folders")
+    unknown = sorted(set(_class_folders(os.path.join(root, "test"))) - set(classes))
+    if unknown:
+        raise UsageError(f"{root}/test has classes that train/ lacks: {', '.join(unknown[:5])}; "
+                         "every test class needs training examples")
+    splits = []
+    for split in ("train", "test"):
+        keys, labels = [], []
+        for label, name in enumerate(classes):
+            folder = os.path.join(root, split, name)
+            if not os.path.isdir(folder):
+                continue
+            files, _, _ = list_image_files(folder)
+            keys += files
+            labels += [label] * len(files)
+        if not keys:
+            raise UsageError(f"{root}/{split} holds no readable images")
+        splits.append(LabelledSplit(f"{os.path.abspath(root)}:{split}", keys,
+                                    np.array(labels, np.int64), classes))
+    return tuple(splits)
 
 
-def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch, seed=0,
-                        first_epoch=0, last_epoch: Optional[int] = None, names=("jigsaw",),
-                        params=transforms.TransformParams()):
-    """Batches for epochs [first_epoch, last_epoch) (forever when last_epoch is None)."""
-    epoch_elements = _epoch_orders(source, steps_per_epoch * batch_size, seed)
-    epochs = tf.data.Dataset.range(first_epoch, last_epoch if last_epoch is not None else 2**62)
-    elements = epochs.flat_map(lambda epoch: epoch_elements(epoch).map(
-        lambda key, index, position: (key, index, example_seed(seed, epoch, position))))
-    ds = elements.map(lambda key, index, s: pirl_views(source.decode(key), index, s, image_size,
-                                                       names, params),
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # A file that passed the integrity scan but still fails to decode is dropped, not fatal.
-    ds = ds.ignore_errors(log_warning=True)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+def tfds_splits(name, data_dir=None):
+    out = []
+    for split in ("train", "test"):
+        ds, builder = tfds_dataset(name, split, data_dir)
+        label_feature = builder.info.features["label"]
+        classes = list(getattr(label_feature, "names", None) or range(label_feature.num_classes))
+        pairs = ds.map(lambda ex: (ex["image"], ex["label"]))
+        labels = np.array([int(y) for _, y in pairs.as_numpy_iterator()], np.int64)
+        out.append(LabelledSplit(f"tfds:{name}:{split}", None, labels, classes, pairs))
+    return tuple(out)
+
+
+def labelled_splits(dataset="stl10", data_dir=None, tfds_data_dir=None):
+    if data_dir:
+        return folder_splits(data_dir)
+    return tfds_splits(dataset, tfds_data_dir)
+
+
+def centre_crop(image, size):
+    """Resize the shorter side to size / 0.875, then take the central size x size crop."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = (size / 0.875) / tf.reduce_min(shape)
+    new = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+    resized = tf.image.resize(tf.cast(image, tf.float32), new, method="bilinear", antialias=True)
+    return tf.image.resize_with_crop_or_pad(resized, size, size)
+
+
+def split_keys(split):
+    """(dataset of keys in the split's order, key -> uint8 RGB image)."""
+    if split.dataset is not None:
+        return split.dataset.map(lambda key, _: key), decode_image
+    return tf.data.Dataset.from_tensor_slices(split.keys), read_and_decode
+
+
+def split_images(split, image_size, batch_size=128):
+    """Batches of centre-cropped float pixels [0, 255] in the split's order."""
+    keys, decode = split_keys(split)
+    return keys.map(lambda key: centre_crop(decode(key), image_size),
+                      num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)

@@ -12,8 +12,9 @@ normalisation, so embeddings lie on the unit sphere.
 
 import keras
 
+from mobile_pirl_tf.config import HEAD_KINDS
+
 MLP_HIDDEN = 2048
-HEAD_KINDS = ("linear", "mlp")
 
 
 def projection(embedding_dim, kind, name):

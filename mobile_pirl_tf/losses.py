@@ -19,8 +19,9 @@ import math
 
 import tensorflow as tf
 
+from mobile_pirl_tf.config import LOSSES  # noqa: F401 - re-exported
+
 MASKED_LOGIT = -1e9
-LOSSES = ("nce", "infonce")
 
 
 def nce_partition_terms(pos_logits, neg_logits):

@@ -91,7 +91,8 @@ def block_name(stage_index, repeat_index, stage):
     """Names that read like the papers' tables: stage3b_mbconv3_k5x5_se, stage1a_sepconv_k3x3."""
     kind = "sepconv" if stage.expand_ratio == 1 else f"mbconv{stage.expand_ratio}"
     se = "_se" if stage.se_ratio else ""
-    return f"stage{stage_index}{chr(ord('a') + repeat_index)}_{kind}_k{stage.kernel}x{stage.kernel}{se}"
+    letter = chr(ord("a") + repeat_index)
+    return f"stage{stage_index}{letter}_{kind}_k{stage.kernel}x{stage.kernel}{se}"
 
 
 def mobile_network(inputs, stages, width, activation, stem_filters, head_filters,

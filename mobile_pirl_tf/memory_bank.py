@@ -55,7 +55,8 @@ class MemoryBank(keras.layers.Layer):
         replica writes the same rows.
         """
         old = self.read(index)
-        new = tf.math.l2_normalize(self.momentum * old + (1.0 - self.momentum) * embeddings, axis=-1)
+        new = tf.math.l2_normalize(self.momentum * old + (1.0 - self.momentum) * embeddings,
+                                   axis=-1)
         return self.rows.value.scatter_update(tf.IndexedSlices(new, index))
 
 

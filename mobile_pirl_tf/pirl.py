@@ -6,10 +6,10 @@ Total loss (PIRL Eq. 5), with m_I the memory-bank row of image I:
 
 each term drawing its own negatives. v_I^t is the transformed view (`transforms`): 9 jigsaw
 patches (batch key "patches", head g) or, for a view that ends in an image, one image
-(batch key "transformed", a head shaped like f with its own weights, f_t). `train_step` runs inside `tf.distribute` (model.fit calls
-it through `strategy.run`): the loss is averaged over the GLOBAL batch (gradients are summed
-over replicas), and the bank update uses the all-gathered embeddings and indices so every
-replica's copy of the bank stays identical.
+(batch key "transformed", a head shaped like f with its own weights, f_t). `train_step` runs
+inside `tf.distribute` (model.fit calls it through `strategy.run`): the loss is averaged over
+the GLOBAL batch (gradients are summed over replicas), and the bank update uses the
+all-gathered embeddings and indices so every replica's copy of the bank stays identical.
 
 Weight decay is the coupled L2 of VISSL/PyTorch SGD (wd * w added to the gradient before
 momentum), applied to kernels only (no batch-norm parameters, no biases).

@@ -16,7 +16,7 @@ the package writes `import keras`, Keras 3, and never `tf.keras`).
    quantized MUL), so QAT trains the network with the rounding it will meet; the input
    preprocessing and the rest of the hard-swish arithmetic (TF-op lambdas: + 3, ReLU6, / 6)
    stay float and are calibrated like post-training int8 (the QAT file keeps hard-swish as ADD /
-   MUL ops where the post-training one has HARD_SWISH: BENCHMARKS.md). Depthwise weights are
+   MUL ops where the post-training one has HARD_SWISH). Depthwise weights are
    fake-quantized per channel, as the converter quantizes them (tfmot's default shares one range
    across the channels of a depthwise kernel: `DepthwiseWeightsQuantizer`).
 3. `distill(...)`: label-free fine-tuning by FEATURE DISTILLATION: the fake-quantized encoder
@@ -25,11 +25,12 @@ the package writes `import keras`, Keras 3, and never `tf.keras`).
    the linear probe sees: plain MSE lets a few large features drown the small ones). Chosen
    over the PIRL loss because it needs no memory bank or heads, cannot drift away from the
    representation that was evaluated in float, and targets exactly what quantization damages
-   (the features), so a few epochs on a few thousand images suffice (`export.QAT_IMAGES`).
+   (the features), so a few epochs on a few thousand images suffice (`config.QAT_IMAGES`).
 Before distilling, `calibrate_ranges` sets every weight and activation range from the weights
 and the data (tfmot's initial ranges are far off), activation ranges from per-batch extremes
 robust to one unusual image, so the fake-quantized model starts at or above post-training int8
-and distillation only has to improve on it.
+and distillation only has to improve on it. The measurements behind each choice are in
+docs/notes/int8-accuracy.md.
 """
 
 import os
@@ -37,13 +38,17 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # what tfmot sets anyway; set it up front
 
 import numpy as np  # noqa: E402
-import tf_keras  # noqa: E402
-import tensorflow_model_optimization as tfmot  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
+import tf_keras  # noqa: E402
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
-    default_8bit_quantize_configs, default_8bit_quantize_registry, default_8bit_quantize_scheme)
+    default_8bit_quantize_configs,
+    default_8bit_quantize_registry,
+    default_8bit_quantize_scheme,
+)
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (  # noqa: E402
-    QuantizeLayer)
+    QuantizeLayer,
+)
 
 from mobile_pirl_tf import backbones  # noqa: E402
 
@@ -64,7 +69,7 @@ def build_flat_twin(backbone, width, image_size):
     convolutions differently when the size is known: a twin built at a fixed size computes
     other features), then re-applied layer by layer, nested models inlined, on a fixed input.
     """
-    builder, _ = backbones.BACKBONES[backbone]
+    builder = backbones.BACKBONES[backbone]
     net = builder(width, backbones.ANY_SIZE, False, tf_keras)
     inputs = tf_keras.Input((image_size, image_size, 3), name="pixels")
     return tf_keras.Model(inputs, _inline(net, inputs), name=net.name)
@@ -138,8 +143,8 @@ def twin_max_difference(encoder, twin_model, images):
 # Not the input preprocessing (Rescaling, Normalization), also unsupported: it stays float in QAT
 # and is quantized by the converter from the calibration images, as in post-training int8. It has
 # nothing to learn, and a fake-quantized Normalization makes tfmot put a QuantizeLayer on the
-# pixels, which the converter turns into QUANTIZE -> DEQUANTIZE -> QUANTIZE with a 1.49-wide
-# pixel step (seen in both MnasNets' files; the post-training file goes QUANTIZE -> SUB, step 1).
+# pixels, which the converter turns into QUANTIZE -> DEQUANTIZE -> QUANTIZE with a coarser pixel
+# step than the post-training file's QUANTIZE -> SUB.
 OUTPUT_QUANTIZED = (tf_keras.layers.Multiply,)
 
 
@@ -153,10 +158,8 @@ class DepthwiseWeightsQuantizer(tfmot.quantization.keras.quantizers.LastValueQua
     coarser rounding than the file has. Here the kernel is quantized with its two last axes
     swapped, [k, k, 1, C], as tfmot's own Conv2DTranspose quantizer does (a reshape instead makes
     the converter fail: "'tfl.quantize' op requires the same shape for all operands and
-    results"). Its effect on the probe is within the run-to-run spread (BENCHMARKS.md, eighth
-    session): the shared grid was about 2x coarser for a typical channel (median channel range
-    half the largest), but weight rounding is a small part of the int8 error (weights alone:
-    centred cosine 0.9994 to the float features on MnasNet-A1).
+    results"). It makes the QAT model round as the file does; weight rounding is a small part of
+    the int8 error, so its effect on accuracy is small (docs/notes/int8-accuracy.md).
     """
 
     def __init__(self):
@@ -211,7 +214,7 @@ def quantize_aware(model):
     Batch norms that follow a convolution are annotated too, so tfmot's Conv+BN transforms
     apply (no fake-quant between the conv and its BN; quantize after the BN, as the int8
     converter folds them). Without it the pre-BN conv output is quantized, which destroys
-    features whose BN rescales a small variance (seen: cosine 0.13 to the float encoder).
+    features whose BN rescales a small variance.
     """
     scheme = _Scheme()
     registry = scheme.get_quantize_registry()
@@ -253,10 +256,9 @@ def calibrate_ranges(qat_model, twin_model, images, batch_size=32):
     narrow; a QuantizeLayer starts at [0, 0]. Here they start from the data: the MEDIAN over
     batches of `batch_size` images of each batch's min and max (`robust_range`), the batch
     statistic that tfmot's moving average follows, with the median so that one unusual image
-    cannot set a range for the whole export. The min and max over all images (what the
-    converter's post-training calibration takes) let one saturated-green image widen
-    MobileNetV3-Small's ranges about 3x through the whole body (seed 2 of BENCHMARKS' runs:
-    QAT int8 probe 48.05 before distillation with min/max, 54.68 with the median; float32 55.06).
+    cannot set a range for the whole export (the min and max over all images, what the
+    converter's post-training calibration takes, can be widened several-fold by one image:
+    docs/notes/int8-accuracy.md).
     """
     targets = []  # (range variables, twin tensor whose range they take)
     for layer in qat_model.layers:
@@ -303,8 +305,7 @@ def set_weight_ranges(qat_model):
 
     tfmot's weight quantizers record the weights' range only when called in training mode, and
     start at [-6, 6]: before the first training step (and for the last optimizer update after
-    it) inference and the converter would quantize the weights in 255 steps of 12 / 254 (seen:
-    relative error 0.047 after MnasNet-A1's first convolution, against 0.011 post-training).
+    it) inference and the converter would quantize the weights in 255 steps of 12 / 254.
     """
     for layer in qat_model.layers:
         for weight, quantizer, variables in getattr(layer, "_weight_vars", []):
@@ -324,12 +325,10 @@ def deterministic_training(model):
     so that only the fake-quantization differs between the student and the teacher features.
 
     Batch norm is frozen (moving statistics kept): re-estimating it from a few hundred images in
-    small batches moves the features away from the float encoder's (seen: mean cosine 0.14 after
-    one epoch on 20 images with BN training, 0.99 frozen). Dropout, the stochastic depth of
-    EfficientNet-B0 / -Lite0's blocks, is switched off (rate 0): the teacher's features come from
-    the deterministic network, and dropping residual branches at random made the student chase
-    noise (EfficientNet-B0, 5 epochs: distillation loss on unseen images 0.193 with it, 0.153
-    without; BENCHMARKS.md, tenth session).
+    small batches moves the features away from the float encoder's. Dropout, the stochastic
+    depth of EfficientNet-B0 / -Lite0's blocks, is switched off (rate 0): the teacher's features
+    come from the deterministic network, and dropping residual branches at random makes the
+    student chase noise.
     """
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)
@@ -344,12 +343,11 @@ def distill(qat_model, images, teacher_features, feature_scale, epochs, learning
     """Feature distillation (module docstring); returns the per-epoch losses.
 
     The loss is the mean squared error of the features divided by `feature_scale` [d], the
-    teacher features' per-feature spread (`export.feature_scale`, which the export report's
-    `standardised_mse` uses too; passed in so this module does not import its caller).
-    The student trains in the inference mode of its float layers (`deterministic_training`).
-    The Adam learning rate decays to 0 on a cosine over all steps: at a constant rate the loss
-    jumps back up between epochs (seen on MnasNet-A1: 0.059 -> 0.180 in the fifth of five
-    epochs), and the model is kept as the last step leaves it.
+    teacher features' per-feature spread (`agreement.feature_scale`, which the export report's
+    `standardised_mse` uses too). The student trains in the inference mode of its float layers
+    (`deterministic_training`). The Adam learning rate decays to 0 on a cosine over all steps:
+    at a constant rate the loss can jump back up late, and the model is kept as the last step
+    leaves it.
     """
     tf_keras.utils.set_random_seed(seed)
     deterministic_training(qat_model)

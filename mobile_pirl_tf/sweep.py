@@ -8,7 +8,7 @@
 Trains PIRL once per cell: every transform alone and every unordered pair (applied in the order
 the transforms are listed: for crop,color the pair is crop+color), all with the same budget
 (epochs, steps per epoch, batch and every other flag), then runs the linear probe of
-`evaluation` on each encoder. `--extra_cells` adds named compositions (for example the jigsaw
+`probes` on each encoder. `--extra_cells` adds named compositions (for example the jigsaw
 baselines) trained and probed the same way, listed in the table but not in the heat-map.
 
 Writes to --output_dir:
@@ -27,10 +27,9 @@ import csv
 import dataclasses
 import itertools
 import os
-import sys
 import time
 
-from mobile_pirl_tf import UsageError, evaluation, train_flags, training, transforms
+from mobile_pirl_tf import UsageError, cli, config
 
 RESULT_FIELDS = ["spec", "first", "second", "status", "top1", "top5", "knn_top1", "seconds",
                  "error"]
@@ -62,14 +61,15 @@ def write_results(path, rows, flag_fields):
 
 def run_cell(base_config, spec, cell_dir, train_split, test_split):
     """Trains and probes one cell; returns its result fields."""
-    config = dataclasses.replace(base_config, transforms=spec, model_dir=cell_dir)
+    from mobile_pirl_tf import backbones, probes, training
+
+    cell_config = dataclasses.replace(base_config, transforms=spec, model_dir=cell_dir)
     started = time.time()
-    summary = training.train(config)
-    encoder, path = evaluation.load_encoder(encoder_path=summary["encoder"])
-    linear = evaluation.evaluate_encoder(encoder, path, train_split, test_split, "linear", cell_dir,
-                                         config.seed, label=spec)
-    knn = evaluation.evaluate_encoder(encoder, path, train_split, test_split, "knn", cell_dir,
-                                      config.seed, label=spec)
+    summary = training.train(cell_config)
+    encoder, path = backbones.load_encoder(encoder_path=summary["encoder"])
+    linear, knn = (probes.evaluate_encoder(encoder, path, train_split, test_split, protocol,
+                                           cell_dir, cell_config.seed, label=spec)
+                   for protocol in ("linear", "knn"))
     return {"status": "done", "top1": f"{linear['top1']:.6f}",
             "top5": "" if linear.get("top5") is None else f"{linear['top5']:.6f}",
             "knn_top1": f"{knn['top1']:.6f}", "seconds": f"{time.time() - started:.1f}",
@@ -85,11 +85,13 @@ def _eta(seconds):
 def run_sweep(base_config, names, eval_data_dir, output_dir, extra=(), log=print):
     """Runs every cell not finished yet; returns the result rows (also in results.csv)."""
     for spec in list(names) + list(extra):
-        transforms.parse(spec)
+        config.parse_transforms(spec)
     if len(set(names)) != len(names):
         raise UsageError("--transforms lists a transform twice")
     base_config = dataclasses.replace(base_config, transforms=names[0]).validate()
-    train_split, test_split = evaluation.folder_splits(eval_data_dir)
+    from mobile_pirl_tf import data
+
+    train_split, test_split = data.folder_splits(eval_data_dir)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "results.csv")
     previous = read_results(path)
@@ -175,21 +177,16 @@ def markdown_table(rows):
 
 
 def main(argv):
-    import logging as std_logging
-
-    from absl import flags
+    import logging
 
     del argv
-    f = flags.FLAGS
-    std_logging.getLogger().setLevel(std_logging.INFO)
-    base = train_flags.config_from_flags(transforms="jigsaw", model_dir="")
-    try:
-        if not f.eval_data_dir:
-            raise UsageError("--eval_data_dir is required: a folder with train/<class>/ and "
-                             "test/<class>/ for the linear probe")
-        rows = run_sweep(base, f.transforms, f.eval_data_dir, f.output_dir, f.extra_cells)
-    except UsageError as e:
-        sys.exit(f"error: {e}")
+    f = cli.FLAGS
+    logging.getLogger().setLevel(logging.INFO)
+    base = cli.config_from_flags(config.TrainConfig, transforms="jigsaw", model_dir="")
+    if not f.eval_data_dir:
+        raise UsageError("--eval_data_dir is required: a folder with train/<class>/ and "
+                         "test/<class>/ for the linear probe")
+    rows = run_sweep(base, f.transforms, f.eval_data_dir, f.output_dir, f.extra_cells)
     png = heatmap(rows, f.transforms, os.path.join(f.output_dir, "heatmap.png"),
                   f"PIRL {base.backbone} {base.image_size}px, {base.epochs} epochs: "
                   "linear top-1 (%)")
@@ -197,21 +194,20 @@ def main(argv):
     print(f"wrote {os.path.join(f.output_dir, 'results.csv')} and {png}")
 
 
-def _define_flags():
+def define_flags():
     from absl import flags
 
     flags.DEFINE_list("transforms", ["crop", "cutout", "color", "sobel", "noise", "blur",
                                      "rotation"], "Transforms of the sweep (comma-separated).")
     flags.DEFINE_list("extra_cells", [], "Extra compositions to train and probe, e.g. "
                       "jigsaw,jigsaw+rotation.")
-    flags.DEFINE_string("eval_data_dir", None, "Labelled folder with train/ and test/ for the probe.")
-    flags.DEFINE_string("output_dir", "runs/sweep", "Where cells, results.csv and heatmap.png go.")
-    train_flags.define_flags(exclude=("transforms", "model_dir", "monitor_data_dir",
-                                      "monitor_every"))
+    cli.show_in_help("Sweep", "transforms", "extra_cells")
+    cli.define_common("eval_data_dir", "output_dir", group="Sweep", eval_data_dir=None,
+                      output_dir="runs/sweep")
+    cli.define_flags(config.TrainConfig, exclude=("transforms", "model_dir", "monitor_data_dir",
+                                                  "monitor_every"))
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    define_flags()
+    cli.run(main, __doc__)

@@ -34,7 +34,8 @@ def converter_for(model):
     return converter
 
 
-VARIANTS = ("float32", "float16", "dynamic", "int8", "qat_int8")
+from mobile_pirl_tf.config import VARIANTS  # noqa: E402 - the names live with the flags
+
 INT8_IO_TYPES = {"uint8": tf.uint8, "int8": tf.int8}
 
 

@@ -1,4 +1,4 @@
-"""PIRL pretraining: configuration, strategy, checkpoint / resume, `model.fit`.
+"""PIRL pretraining: strategy, checkpoint / resume, `model.fit` (settings: `config.TrainConfig`).
 
 `train(config)` is what `python train.py` runs. A run lives in `model_dir`:
 
@@ -12,102 +12,15 @@
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import time
-from typing import Optional
 
 import keras
 import tensorflow as tf
 
-from mobile_pirl_tf import (UsageError, backbones, data, evaluation, heads, losses, pirl,
-                            transforms)
-
-STRATEGIES = ("default", "mirrored")
-# Fields that may change between a run and its resumption.
-RESUMABLE_FIELDS = ("epochs", "model_dir", "verbose", "monitor_data_dir", "monitor_every")
-
-
-_TRANSFORM_DEFAULTS = transforms.TransformParams()
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    backbone: str = "efficientnetb0"
-    image_size: int = 224
-    width: float = 1.0
-    head: str = "linear"
-    embedding_dim: int = 128
-    transforms: str = "jigsaw"
-    view_min_scale: float = _TRANSFORM_DEFAULTS.view_min_scale
-    crop_min_scale: float = _TRANSFORM_DEFAULTS.crop_min_scale
-    cutout_size: float = _TRANSFORM_DEFAULTS.cutout_size
-    color_strength: float = _TRANSFORM_DEFAULTS.color_strength
-    noise_std: float = _TRANSFORM_DEFAULTS.noise_std
-    blur_p: float = _TRANSFORM_DEFAULTS.blur_p
-    blur_sigma_max: float = _TRANSFORM_DEFAULTS.blur_sigma_max
-    loss: str = "nce"
-    num_negatives: int = 32000
-    shared_negatives: bool = False
-    temperature: float = 0.07
-    pirl_lambda: float = 0.5
-    bank_momentum: float = 0.5
-    epochs: int = 200
-    batch_size: int = 256
-    steps_per_epoch: Optional[int] = None
-    learning_rate: float = 0.03
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    seed: int = 0
-    dataset: str = "stl10"
-    data_dir: Optional[str] = None
-    tfds_data_dir: Optional[str] = None
-    tfds_manual_dir: Optional[str] = None
-    model_dir: str = "runs/pirl"
-    strategy: str = "default"
-    monitor_data_dir: Optional[str] = None
-    monitor_every: int = 1
-    verbose: Optional[int] = None
-
-    def validate(self):
-        backbones.check_backbone(self.backbone, self.width)
-        self.transform_names()
-        self.transform_params().validate()
-        checks = [
-            (self.head in heads.HEAD_KINDS, f"--head must be one of {', '.join(heads.HEAD_KINDS)}"),
-            (self.loss in losses.LOSSES, f"--loss must be one of {', '.join(losses.LOSSES)}"),
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.image_size >= 32, f"--image_size must be at least 32, got {self.image_size}"),
-            (self.batch_size >= 1, f"--batch_size must be positive, got {self.batch_size}"),
-            (self.epochs >= 1, f"--epochs must be positive, got {self.epochs}"),
-            (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-             "--steps_per_epoch must be positive"),
-            (self.num_negatives >= 1, "--num_negatives must be positive"),
-            (self.temperature > 0, "--temperature must be positive"),
-            (0 <= self.pirl_lambda <= 1, "--pirl_lambda must be in [0, 1]"),
-            (0 <= self.bank_momentum < 1, "--bank_momentum must be in [0, 1)"),
-            (self.learning_rate > 0, "--learning_rate must be positive"),
-            (self.embedding_dim >= 1, "--embedding_dim must be positive"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        return self
-
-    def transform_names(self):
-        return transforms.parse(self.transforms)
-
-    def transform_params(self):
-        return transforms.TransformParams(**{
-            f.name: getattr(self, f.name) for f in dataclasses.fields(transforms.TransformParams)})
-
-    def transformed_kind(self):
-        return "patches" if transforms.ends_in_patches(self.transform_names()) else "image"
-
-    def lr_for_batch(self):
-        """The linear scaling rule of the recipe: learning_rate per 256 images."""
-        return self.learning_rate * self.batch_size / 256
+from mobile_pirl_tf import UsageError, backbones, callbacks, data, pipeline, pirl
+from mobile_pirl_tf.config import TrainConfig
 
 
 def make_strategy(name):
@@ -132,7 +45,7 @@ def build_pirl(config, num_examples, backbone=None):
 
 def build_variables(model, config):
     """Creates every model and optimizer variable (so a checkpoint restores into them)."""
-    model(data.synthetic_batch(1, config.image_size, names=config.transform_names()))
+    model(pipeline.synthetic_batch(1, config.image_size, names=config.transform_names()))
     model.optimizer.build(model.trainable_variables)
 
 
@@ -175,7 +88,7 @@ def open_run(config, num_examples, steps_per_epoch, strategy, backbone_fn=None):
 
 
 def _comparable(config_dict):
-    return {k: v for k, v in config_dict.items() if k not in RESUMABLE_FIELDS}
+    return {k: v for k, v in config_dict.items() if k not in TrainConfig.RESUMABLE}
 
 
 def prepare_model_dir(config, num_examples):
@@ -205,31 +118,6 @@ def _write_json(path, obj):
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
-
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves weights, optimizer, memory bank and the epoch after every finished epoch.
-
-    A non-finite loss stops training with a clear error and saves nothing, so the last good
-    checkpoint stays the one a rerun resumes from.
-    """
-
-    def __init__(self, manager, epoch_variable):
-        super().__init__()
-        self.manager, self.epoch_variable = manager, epoch_variable
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.model.stop_training = True
-            raise FloatingPointError(
-                f"the loss became {float(loss)} at step {batch + 1} of epoch "
-                f"{int(self.epoch_variable.numpy()) + 1}; nothing was saved for this epoch and the "
-                "last checkpoint is intact; lower --learning_rate and rerun to resume")
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch_variable.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
 
 
 def _progress_verbosity(config):
@@ -270,17 +158,17 @@ def train(config: TrainConfig, backbone_fn=None):
 
     history_logs = {}
     if initial_epoch < config.epochs:
-        dataset = data.pretraining_dataset(source, config.image_size, config.batch_size,
-                                           steps_per_epoch, config.seed, initial_epoch, config.epochs,
-                                           config.transform_names(), config.transform_params())
-        callbacks = [EpochCheckpoint(manager, epoch_variable)]
+        dataset = pipeline.pretraining_dataset(
+            source, config.image_size, config.batch_size, steps_per_epoch, config.seed,
+            initial_epoch, config.epochs, config.transform_names(), config.transform_params())
+        fit_callbacks = [callbacks.EpochCheckpoint(manager, epoch_variable)]
         if config.monitor_data_dir:  # before TensorBoard, so knn_top1 is logged
-            callbacks.append(evaluation.KNNMonitor(config.monitor_data_dir, config.image_size,
-                                                   config.monitor_every))
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"),
+            fit_callbacks.append(callbacks.KNNMonitor(config.monitor_data_dir, config.image_size,
+                                                      config.monitor_every))
+        fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"),
                                                      update_freq="epoch"))
         history = model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
-                            steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
+                            steps_per_epoch=steps_per_epoch, callbacks=fit_callbacks, shuffle=False,
                             verbose=_progress_verbosity(config))
         history_logs = {k: [float(x) for x in v] for k, v in history.history.items()}
 

@@ -4,17 +4,22 @@
 Each is a TensorFlow op on one float image x in [0, 1] of shape [S, S, 3] (usable inside
 tf.data, no py_function), reproducible under an explicit stateless seed:
 
-| name | what it does | defaults (literature) |
-|---|---|---|
-| jigsaw | random-resized crop (scale 0.6-1) to 255/224 x S, 3x3 grid, one jittered patch per cell, shuffled, each patch with the PIRL photometric augmentation (`views.jigsaw_view`) | PIRL Sec. 3.2 |
-| rotation | rotation by k x 90 degrees, k uniform in {0, 1, 2, 3} | Gidaris et al. 2018; PIRL-Rotation |
-| crop | random-resized crop, scale [crop_min_scale, 1], aspect 3/4-4/3, back to S x S | 0.08 (Inception, SimCLR) |
-| cutout | one square of side cutout_size x S, centre uniform (may overhang), filled with grey 0.5 | 0.5 of the side (DeVries & Taylor 2017) |
-| color | with p = 0.8 colour jitter (0.8s, 0.8s, 0.8s, hue 0.2s), then grey with p = 0.2 | s = color_strength = 1 (SimCLR App. A) |
-| sobel | Sobel gradient magnitude of the grey image, / (4 sqrt 2) into [0, 1], on 3 channels | deterministic |
-| noise | additive Gaussian noise N(0, noise_std^2), clipped to [0, 1] | noise_std = 0.1 |
-| blur | with p = blur_p, Gaussian blur with sigma uniform in [0.1, blur_sigma_max] x S / 224, kernel 10% of S (odd) | p = 0.5, sigma 0.1-2.0 (SimCLR) |
-| flip | horizontal flip with p = 0.5 | |
+- jigsaw: random-resized crop (scale 0.6-1) to 255/224 x S, 3x3 grid, one jittered patch per
+  cell, shuffled, each patch with the PIRL photometric augmentation (`jigsaw_view`; PIRL
+  Sec. 3.2).
+- rotation: by k x 90 degrees, k uniform in {0, 1, 2, 3} (Gidaris et al. 2018; PIRL-Rotation).
+- crop: random-resized crop, scale [crop_min_scale, 1], aspect 3/4-4/3, back to S x S
+  (0.08: Inception, SimCLR).
+- cutout: one square of side cutout_size x S, centre uniform (may overhang), filled with grey
+  0.5 (0.5 of the side: DeVries & Taylor 2017).
+- color: with p = 0.8 colour jitter (0.8s, 0.8s, 0.8s, hue 0.2s), then grey with p = 0.2
+  (s = color_strength = 1: SimCLR App. A).
+- sobel: Sobel gradient magnitude of the grey image, / (4 sqrt 2) into [0, 1], on 3 channels
+  (deterministic).
+- noise: additive Gaussian noise N(0, noise_std^2), clipped to [0, 1] (noise_std = 0.1).
+- blur: with p = blur_p, Gaussian blur with sigma uniform in [0.1, blur_sigma_max] x S / 224,
+  kernel 10% of S (odd) (p = 0.5, sigma 0.1-2.0: SimCLR).
+- flip: horizontal flip with p = 0.5.
 
 Composition rules:
 - A view that does not contain `jigsaw` ends in an IMAGE: the image is centre-cropped to a square
@@ -31,66 +36,85 @@ Composition rules:
 - A name appears at most once. Deterministic transforms (sobel) are the same under every seed.
 """
 
-import dataclasses
+import collections
 import math
 
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, views
+from mobile_pirl_tf import augment
+from mobile_pirl_tf.config import MAX_COMPOSED, TransformParams  # noqa: F401 - re-exported
+from mobile_pirl_tf.config import parse_transforms as parse  # noqa: F401 - re-exported
 
-NAMES = ("jigsaw", "rotation", "crop", "cutout", "color", "sobel", "noise", "blur", "flip")
-MAX_COMPOSED = 3
 # Drawn once per view, not per patch, when they follow jigsaw.
 PER_VIEW_AFTER_JIGSAW = ("rotation",)
-
-
-@dataclasses.dataclass(frozen=True)
-class TransformParams:
-    """Strengths of the transformations (and of the image view's crop, `view_min_scale`)."""
-    view_min_scale: float = 0.08
-    crop_min_scale: float = 0.08
-    cutout_size: float = 0.5
-    color_strength: float = 1.0
-    noise_std: float = 0.1
-    blur_p: float = 0.5
-    blur_sigma_max: float = 2.0
-
-    def validate(self):
-        checks = [(0 < self.view_min_scale <= 1, "--view_min_scale must be in (0, 1]"),
-                  (0 < self.crop_min_scale <= 1, "--crop_min_scale must be in (0, 1]"),
-                  (0 < self.cutout_size <= 1, "--cutout_size must be in (0, 1]"),
-                  (self.color_strength >= 0, "--color_strength must be >= 0"),
-                  (self.noise_std >= 0, "--noise_std must be >= 0"),
-                  (0 <= self.blur_p <= 1, "--blur_p must be in [0, 1]"),
-                  (self.blur_sigma_max >= 0.1, "--blur_sigma_max must be >= 0.1")]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        return self
-
-
-def parse(spec):
-    """'jigsaw+rotation' -> ('jigsaw', 'rotation'); a one-line UsageError for a bad spec."""
-    names = tuple(n.strip() for n in str(spec).split("+"))
-    unknown = [n for n in names if n not in NAMES]
-    if unknown:
-        raise UsageError(f"unknown transform {unknown[0]!r} in --transforms={spec}; valid: "
-                         f"{', '.join(NAMES)} (compose up to {MAX_COMPOSED} with '+')")
-    if len(names) > MAX_COMPOSED:
-        raise UsageError(f"--transforms={spec} composes {len(names)}; at most {MAX_COMPOSED}")
-    if len(set(names)) != len(names):
-        raise UsageError(f"--transforms={spec} repeats a transform; each may appear once")
-    return names
 
 
 def ends_in_patches(names):
     return "jigsaw" in names
 
 
-# --- the transformations: x [S, S, 3] float32 in [0, 1] -> same shape, dtype and range ---
+# --- jigsaw (PIRL Sec. 3.2) -------------------------------------------------------------------
 
-def _uniform(seed, minval=0.0, maxval=1.0):
-    return tf.random.stateless_uniform([], seed, minval=minval, maxval=maxval)
+JigsawGeometry = collections.namedtuple("JigsawGeometry", ["crop", "cell", "patch", "patch_input"])
+NUM_PATCHES = 9
+GRID = 3
+# keras.applications networks need inputs of at least 32 x 32 (smaller ones shrink to nothing
+# in graph mode); patches cut smaller than this (image_size < 112) are upscaled to it.
+MIN_BACKBONE_INPUT = 32
+
+
+def jigsaw_geometry(image_size):
+    """Crop, cell and patch sizes, scaled from the paper's 224 / 255 / 85 / 64, and the size the
+    patches are fed to the backbone at (the patch size, or 32 when the patch is smaller)."""
+    crop = int(round(image_size * 255 / 224))
+    cell = crop // GRID
+    patch = int(round(cell * 64 / 85))
+    return JigsawGeometry(crop, cell, patch, max(patch, MIN_BACKBONE_INPUT))
+
+
+def jigsaw_patches(crop, geometry, seed):
+    """Cuts a [crop, crop, 3] image into the 9 shuffled jigsaw patches (no augmentation).
+
+    One patch of `geometry.patch` pixels per 3x3 grid cell, at a random offset in
+    [0, cell - patch] (the jitter), in a random order; upscaled to `geometry.patch_input`.
+    Returns (patches [9, q, q, 3], permutation [9] int32): patches[k] is from cell permutation[k].
+    """
+    offset_seed, order_seed = augment.split(seed, 2)
+    offsets = tf.random.stateless_uniform([NUM_PATCHES, 2], offset_seed, minval=0,
+                                          maxval=geometry.cell - geometry.patch + 1,
+                                          dtype=tf.int32)
+    patches = []
+    for k in range(NUM_PATCHES):
+        row, col = divmod(k, GRID)
+        top = row * geometry.cell + offsets[k, 0]
+        left = col * geometry.cell + offsets[k, 1]
+        patches.append(tf.slice(crop, tf.stack([top, left, 0]),
+                                [geometry.patch, geometry.patch, 3]))
+    permutation = tf.argsort(tf.random.stateless_uniform([NUM_PATCHES], order_seed))
+    patches = tf.gather(tf.stack(patches), permutation)
+    if geometry.patch_input != geometry.patch:
+        patches = tf.image.resize(patches, [geometry.patch_input] * 2, method="bilinear")
+    return patches, permutation
+
+
+def jigsaw_view(image, image_size, seed):
+    """The jigsaw v_I^t: a random-resized crop (scale 0.6-1) to 255/224 of the image size, cut
+    into 9 shuffled patches (`jigsaw_patches`), each with its own photometric augmentation.
+
+    Returns (patches [9, q, q, 3] float32 in [0, 255], permutation [9] int32), where
+    patches[k] was cut from grid cell permutation[k] (cells numbered row-major) and
+    q = geometry.patch_input.
+    """
+    geom = jigsaw_geometry(image_size)
+    s = augment.split(seed, 2 + NUM_PATCHES)
+    crop = augment.random_resized_crop(augment.to_unit_float(image), geom.crop, (0.6, 1.0), s[0])
+    patches, permutation = jigsaw_patches(crop, geom, s[1])
+    patches = tf.stack([augment.photometric_augment(patches[k], s[2 + k])
+                        for k in range(NUM_PATCHES)])
+    return patches * 255.0, permutation
+
+
+# --- the image transformations: x [S, S, 3] float32 in [0, 1] -> same shape, dtype and range ---
 
 
 def rotation_quarter_turns(seed):
@@ -105,7 +129,7 @@ def rotation(x, seed, params):
 
 def crop(x, seed, params):
     size = x.shape[0]
-    out = views.random_resized_crop(x, size, (params.crop_min_scale, 1.0), seed)
+    out = augment.random_resized_crop(x, size, (params.crop_min_scale, 1.0), seed)
     return tf.ensure_shape(out, x.shape)
 
 
@@ -124,9 +148,9 @@ def cutout(x, seed, params):
 def color(x, seed, params):
     s = params.color_strength
     jitter_seed, apply_seed, grey_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    jittered = views.color_jitter(x, jitter_seed, 0.8 * s, 0.8 * s, 0.8 * s, min(0.5, 0.2 * s))
-    x = tf.where(_uniform(apply_seed) < 0.8, jittered, x)
-    return views.random_grayscale(x, grey_seed, p=0.2)
+    jittered = augment.color_jitter(x, jitter_seed, 0.8 * s, 0.8 * s, 0.8 * s, min(0.5, 0.2 * s))
+    x = tf.where(augment.uniform(apply_seed) < 0.8, jittered, x)
+    return augment.random_grayscale(x, grey_seed, p=0.2)
 
 
 SOBEL_MAX = 4.0 * math.sqrt(2.0)  # the largest gradient magnitude of an image in [0, 1]
@@ -155,7 +179,7 @@ def gaussian_kernel(sigma, size):
 def blur(x, seed, params):
     size = x.shape[0]
     apply_seed, sigma_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    sigma = _uniform(sigma_seed, 0.1, params.blur_sigma_max) * size / 224.0
+    sigma = augment.uniform(sigma_seed, 0.1, params.blur_sigma_max) * size / 224.0
     length = max(3, int(size * 0.1) // 2 * 2 + 1)
     k = gaussian_kernel(tf.maximum(sigma, 1e-3), length)
     kh = tf.tile(tf.reshape(k, [1, length, 1, 1]), [1, 1, 3, 1])
@@ -163,7 +187,7 @@ def blur(x, seed, params):
     padded = tf.pad(x[None], [[0, 0], [length // 2] * 2, [length // 2] * 2, [0, 0]], "REFLECT")
     blurred = tf.nn.depthwise_conv2d(tf.nn.depthwise_conv2d(padded, kh, [1] * 4, "VALID"), kv,
                                      [1] * 4, "VALID")[0]
-    return tf.where(_uniform(apply_seed) < params.blur_p, blurred, x)
+    return tf.where(augment.uniform(apply_seed) < params.blur_p, blurred, x)
 
 
 def flip(x, seed, params):
@@ -183,7 +207,7 @@ def apply(name, x, seed, params=TransformParams()):
 def canvas(image, size):
     """The untransformed starting point: centre square crop of the image, resized to size x size,
     float32 in [0, 1]."""
-    x = views.to_unit_float(image)
+    x = augment.to_unit_float(image)
     shape = tf.shape(x)
     side = tf.minimum(shape[0], shape[1])
     x = tf.image.crop_to_bounding_box(x, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side)
@@ -202,19 +226,19 @@ def transformed_view(image, image_size, names, seed, params=TransformParams()):
 
     at = names.index("jigsaw")
     before, after = names[:at], names[at + 1:]
-    geometry = views.jigsaw_geometry(image_size)
+    geometry = jigsaw_geometry(image_size)
     if before:
         x = canvas(image, geometry.crop)
         for name, s in zip(before, seeds[:at]):
             x = apply(name, x, s, params)
         image = x * 255.0
-    patches, _ = views.jigsaw_view(image, image_size, seeds[at])
+    patches, _ = jigsaw_view(image, image_size, seeds[at])
     patches = patches / 255.0
     for name, s in zip(after, seeds[at + 1:]):
         if name in PER_VIEW_AFTER_JIGSAW:
-            per_patch = [s] * views.NUM_PATCHES
+            per_patch = [s] * NUM_PATCHES
         else:
-            per_patch = tf.unstack(tf.random.experimental.stateless_split(s, views.NUM_PATCHES))
+            per_patch = tf.unstack(tf.random.experimental.stateless_split(s, NUM_PATCHES))
         patches = tf.stack([apply(name, patches[k], per_patch[k], params)
-                            for k in range(views.NUM_PATCHES)])
+                            for k in range(NUM_PATCHES)])
     return patches * 255.0

@@ -33,7 +33,8 @@ def write_image_folder(root, num_images=32, size=(48, 56), seed=0):
         for _ in range(3):  # a few coloured blobs: structure the views can agree on
             cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(6, 16)
             image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-        image = Image.fromarray(np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8))
+        noisy = np.clip(image + rng.normal(0, 8, image.shape), 0, 255)
+        image = Image.fromarray(noisy.astype(np.uint8))
         kind = i % 8
         if kind == 1:
             image, ext = image.convert("L"), "png"

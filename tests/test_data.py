@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mobile_pirl_tf import UsageError, data, views
+from mobile_pirl_tf import UsageError, data, pipeline, transforms
 
 
 def test_folder_source_skips_and_counts_bad_files(image_folder):
@@ -29,8 +29,8 @@ def test_folder_errors(tmp_path):
 def test_pipeline_batches_indices_and_reproducibility(image_folder):
     source = data.folder_source(image_folder)
     def first_epoch(seed):
-        ds = data.pretraining_dataset(source, 32, 8, steps_per_epoch=4, seed=seed, first_epoch=0,
-                                      last_epoch=1)
+        ds = pipeline.pretraining_dataset(source, 32, 8, steps_per_epoch=4, seed=seed,
+                                          first_epoch=0, last_epoch=1)
         return list(ds.as_numpy_iterator())
     a, b, c = first_epoch(0), first_epoch(0), first_epoch(1)
     assert len(a) == 4
@@ -47,9 +47,9 @@ def test_pipeline_batches_indices_and_reproducibility(image_folder):
 
 def test_resumed_epochs_match_an_uninterrupted_stream(image_folder):
     source = data.folder_source(image_folder)
-    whole = list(data.pretraining_dataset(source, 32, 16, 2, seed=3, first_epoch=0,
+    whole = list(pipeline.pretraining_dataset(source, 32, 16, 2, seed=3, first_epoch=0,
                                           last_epoch=2).as_numpy_iterator())
-    resumed = list(data.pretraining_dataset(source, 32, 16, 2, seed=3, first_epoch=1,
+    resumed = list(pipeline.pretraining_dataset(source, 32, 16, 2, seed=3, first_epoch=1,
                                             last_epoch=2).as_numpy_iterator())
     assert len(whole) == 4 and len(resumed) == 2
     for x, y in zip(whole[2:], resumed):
@@ -57,13 +57,14 @@ def test_resumed_epochs_match_an_uninterrupted_stream(image_folder):
         np.testing.assert_array_equal(x["image"], y["image"])
 
 
+@pytest.mark.slow
 def test_tfds_source_with_mock_data():
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
         source = data.tfds_source("stl10")
         assert source.name == "tfds:stl10:unlabelled" and source.num_examples == 12
-        batch = next(iter(data.pretraining_dataset(source, 32, 4, 3)))
+        batch = next(iter(pipeline.pretraining_dataset(source, 32, 4, 3)))
         assert batch["image"].shape == (4, 32, 32, 3)
-        assert batch["patches"].shape[1] == views.NUM_PATCHES
+        assert batch["patches"].shape[1] == transforms.NUM_PATCHES
 
 
 def test_tfds_offline_errors_are_one_line(tmp_path):
@@ -78,7 +79,7 @@ def test_each_element_carries_the_index_of_its_own_file(image_folder):
     """The memory-bank row of an element is the index of the file its views were cut from."""
     source = data.folder_source(image_folder)
     for epoch in (0, 3):
-        elements = list(data._epoch_orders(source, 32, seed=5)(tf.constant(epoch, tf.int64))
+        elements = list(pipeline._epoch_orders(source, 32, seed=5)(tf.constant(epoch, tf.int64))
                         .as_numpy_iterator())
         assert sorted(int(i) for _, i, _ in elements) == list(range(32))
         for key, index, _ in elements:

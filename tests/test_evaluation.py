@@ -6,21 +6,21 @@ import sys
 import keras
 import numpy as np
 import pytest
-
-from mobile_pirl_tf import UsageError, backbones, evaluation, training
-
 from conftest import REPO, write_labelled_folder
 
+from mobile_pirl_tf import UsageError, backbones, batchnorm, data, features, probes, training
 
+
+@pytest.mark.slow
 def test_linear_probe_separable_and_shuffled():
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1, (5, 32)) * 6
     y_train, y_test = rng.integers(0, 5, 500), rng.integers(0, 5, 300)
     x_train = centres[y_train] + rng.normal(0, 1, (500, 32))
     x_test = centres[y_test] + rng.normal(0, 1, (300, 32))
-    good = evaluation.evaluate_features("linear", x_train, y_train, x_test, y_test, 5)
+    good = probes.evaluate_features("linear", x_train, y_train, x_test, y_test, 5)
     assert good["top1"] > 0.99 and good["top5"] == 1.0
-    shuffled = evaluation.evaluate_features("linear", x_train, rng.permutation(y_train), x_test,
+    shuffled = probes.evaluate_features("linear", x_train, rng.permutation(y_train), x_test,
                                             y_test, 5)
     assert shuffled["top1"] < 0.35  # chance is 0.2
 
@@ -29,7 +29,7 @@ def test_knn_matches_numpy_reference():
     rng = np.random.default_rng(1)
     train, test = rng.normal(size=(60, 8)), rng.normal(size=(15, 8))
     labels = rng.integers(0, 4, 60)
-    got = evaluation.knn_scores(train, labels, test, 4, k=20, temperature=0.07)
+    got = probes.knn_scores(train, labels, test, 4, k=20, temperature=0.07)
     tn = train / np.linalg.norm(train, axis=1, keepdims=True)
     qn = test / np.linalg.norm(test, axis=1, keepdims=True)
     sims = qn @ tn.T
@@ -52,9 +52,9 @@ def encoder_dir(tmp_path):
 
 def test_report_fields_and_feature_cache(encoder_dir, labelled_folder, monkeypatch):
     model_dir, path = encoder_dir
-    encoder, _ = evaluation.load_encoder(str(model_dir))
-    train, test = evaluation.folder_splits(labelled_folder)
-    evaluation.evaluate_encoder(encoder, path, train, test, "knn", str(model_dir))
+    encoder, _ = backbones.load_encoder(str(model_dir))
+    train, test = data.folder_splits(labelled_folder)
+    probes.evaluate_encoder(encoder, path, train, test, "knn", str(model_dir))
     with open(model_dir / "eval_knn.json") as f:
         stored = json.load(f)
     for field in ("protocol", "top1", "n_train", "n_test", "encoder", "image_size", "seconds"):
@@ -66,28 +66,28 @@ def test_report_fields_and_feature_cache(encoder_dir, labelled_folder, monkeypat
 
     # A second protocol reuses the cached features: the encoder is not run again.
     monkeypatch.setattr(encoder, "predict_on_batch", lambda *a: pytest.fail("features recomputed"))
-    evaluation.evaluate_encoder(encoder, path, train, test, "linear", str(model_dir))
+    probes.evaluate_encoder(encoder, path, train, test, "linear", str(model_dir))
     assert sorted(os.listdir(model_dir / "features")) == cached
     monkeypatch.undo()
 
     # Invalidated when the encoder file changes or the data changes.
     os.utime(path, ns=(1, 1))
-    evaluation.extract_features(encoder, path, train, 32, str(model_dir / "features"))
+    features.extract_features(encoder, path, train, 32, str(model_dir / "features"))
     assert len(os.listdir(model_dir / "features")) == 3
     extra = write_labelled_folder(str(model_dir / "more"), n_train=11)
-    train2, _ = evaluation.folder_splits(extra)
-    assert evaluation.cache_key(path, train2, 32) != evaluation.cache_key(path, train, 32)
+    train2, _ = data.folder_splits(extra)
+    assert features.cache_key(path, train2, 32) != features.cache_key(path, train, 32)
 
 
 def test_error_cases(tmp_path, labelled_folder):
     with pytest.raises(UsageError, match="no encoder"):
-        evaluation.load_encoder(str(tmp_path))
+        backbones.load_encoder(str(tmp_path))
     with pytest.raises(UsageError, match="no train/ folder"):
-        evaluation.folder_splits(str(tmp_path))
+        data.folder_splits(str(tmp_path))
     write_labelled_folder(str(tmp_path / "bad"))
     os.makedirs(tmp_path / "bad" / "test" / "purple")
     with pytest.raises(UsageError, match="test has classes that train/ lacks: purple"):
-        evaluation.folder_splits(str(tmp_path / "bad"))
+        data.folder_splits(str(tmp_path / "bad"))
 
 
 def test_cli_random_baseline_and_size_mismatch(tmp_path, labelled_folder, encoder_dir):
@@ -106,6 +106,7 @@ def test_cli_random_baseline_and_size_mismatch(tmp_path, labelled_folder, encode
         "error: --image_size=64 does not match the encoder's input size 32")
 
 
+@pytest.mark.slow
 def test_knn_monitor_logs_knn_top1(tmp_path, image_folder, labelled_folder):
     config = training.TrainConfig(backbone="mobilenetv3small", image_size=32, batch_size=8,
                                   epochs=1, steps_per_epoch=2, num_negatives=16,
@@ -118,12 +119,13 @@ def test_knn_monitor_logs_knn_top1(tmp_path, image_folder, labelled_folder):
 def test_bn_recalibration_fixes_collapsed_random_features(labelled_folder):
     keras.utils.set_random_seed(0)
     encoder = backbones.build_encoder(backbones.build_backbone("mobilenetv3small"), 32)
-    train, _ = evaluation.folder_splits(labelled_folder)
-    batch = next(iter(evaluation.split_images(train, 32)))
+    train, _ = data.folder_splits(labelled_folder)
+    batch = next(iter(data.split_images(train, 32)))
     before = encoder(batch, training=False).numpy()
     assert before.std(0).mean() < 1e-6  # moving statistics at init: features collapse
-    assert evaluation.recalibrate_batchnorm(encoder, train, 32, num_images=30) > 0
+    assert batchnorm.recalibrate_batchnorm(encoder, train, 32, num_images=30) > 0
     after = encoder(batch, training=False).numpy()
     assert after.std(0).mean() > 1e-3
-    bns = [l for l in encoder._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
-    assert all(l.momentum == 0.999 for l in bns)  # MobileNetV3's own momentum restored
+    bns = [layer for layer in encoder._flatten_layers()
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(layer.momentum == 0.999 for layer in bns)  # MobileNetV3's own momentum restored

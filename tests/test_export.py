@@ -6,7 +6,7 @@ model; the report's fields; CLI errors; the phone script against a stand-in adb.
 QAT's agreement with the FLOAT encoder is asserted only relative to post-training int8 before
 distillation: on random-init encoders (all a test can afford) both drift from the float one
 layer by layer (centred cosine 0.56-0.95 seen); the export command enforces the tolerance on
-real encoders (BENCHMARKS.md)."""
+real encoders (RESULTS.md)."""
 
 import json
 import os
@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from mobile_pirl_tf import backbones, data, evaluation, export, tflite
+from mobile_pirl_tf import agreement, backbones, batchnorm, config, data, deploy, tflite
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 48
@@ -30,8 +30,8 @@ def trained_like_encoder(name, labelled_folder):
     features have a realistic scale (fresh BN statistics make them vanish)."""
     keras.utils.set_random_seed(0)
     encoder = backbones.build_encoder(backbones.build_backbone(name), SIZE)
-    train, _ = evaluation.folder_splits(labelled_folder)
-    evaluation.recalibrate_batchnorm(encoder, train, SIZE, num_images=30)
+    train, _ = data.folder_splits(labelled_folder)
+    batchnorm.recalibrate_batchnorm(encoder, train, SIZE, num_images=30)
     return encoder
 
 
@@ -40,9 +40,10 @@ def mobilenetv3_export(tmp_path_factory, labelled_folder):
     encoder = trained_like_encoder("mobilenetv3small", labelled_folder)
     out = str(tmp_path_factory.mktemp("export"))
     source = data.folder_source(os.path.join(labelled_folder, "train"))
-    report = export.export_encoder(
-        encoder, out, PTQ_VARIANTS, source, backbone="mobilenetv3small", calibration_images=20,
-        agreement_images=8, qat_epochs=1, latency_runs=3, threads=(1,), log=lambda *_: None)
+    export_config = config.ExportConfig(
+        variants=tuple(PTQ_VARIANTS), backbone="mobilenetv3small", calibration_images=20,
+        agreement_images=8, qat_epochs=1, latency_runs=3, threads=(1,))
+    report = deploy.export_encoder(encoder, out, source, export_config, log=lambda *_: None)
     return encoder, out, report
 
 
@@ -52,7 +53,7 @@ def test_every_variant_converts_runs_and_agrees(mobilenetv3_export):
     for name, entry in report["variants"].items():
         assert os.path.getsize(os.path.join(out, f"{name}.tflite")) == entry["bytes"]
         assert entry["flex_ops"] == [] and not any(op.startswith("Flex") for op in entry["ops"])
-        assert entry["passed"] and entry["centred_cosine_mean"] >= export.MIN_COSINE[name]
+        assert entry["passed"] and entry["centred_cosine_mean"] >= deploy.MIN_COSINE[name]
     assert report["variants"]["float32"]["max_abs_diff"] < 1e-3
     # Quantized files are smaller; the int8 model really is integer inside.
     assert report["variants"]["int8"]["size_vs_float32"] < 0.4
@@ -82,15 +83,15 @@ def test_agreement_sees_lost_differences_behind_a_common_mean():
     reference = common + 1e-3 * rng.normal(size=(20, 64))
     lost = np.tile(common, (20, 1)) + 1e-3 * rng.normal(size=(20, 64))  # signal replaced by noise
     kept = reference + 1e-5 * rng.normal(size=(20, 64))
-    bad, good = export.agreement(reference, lost), export.agreement(reference, kept)
+    bad, good = agreement.agreement(reference, lost), agreement.agreement(reference, kept)
     assert bad["cosine_mean"] > 0.9999 and bad["centred_cosine_mean"] < 0.5
     assert good["centred_cosine_mean"] > 0.99
-    assert bad["feature_spread"] < export.LOW_FEATURE_SPREAD
-    same = export.agreement(reference, reference)
+    assert bad["feature_spread"] < deploy.LOW_FEATURE_SPREAD
+    same = agreement.agreement(reference, reference)
     assert same["centred_cosine_min"] == pytest.approx(1.0) and same["max_abs_diff"] == 0
     # In units of each feature's spread: noise as large as the signal is ~2, a 1 % error ~1e-4.
     assert bad["standardised_mse"] > 1 and good["standardised_mse"] < 1e-3
-    assert same["standardised_mse"] == 0 and export.agreement(reference[:1], kept[:1])[
+    assert same["standardised_mse"] == 0 and agreement.agreement(reference[:1], kept[:1])[
         "standardised_mse"] is None
 
 
@@ -101,7 +102,7 @@ def test_standardised_error_sees_small_features_that_the_cosine_misses():
     reference = np.concatenate([10 * rng.normal(size=(50, 1)),
                                 0.01 * rng.normal(size=(50, 31))], axis=1)
     rounded = np.round(reference / 0.05) * 0.05  # an int8-like grid far coarser than the small ones
-    result = export.agreement(reference, rounded)
+    result = agreement.agreement(reference, rounded)
     assert result["centred_cosine_mean"] > 0.98
     assert result["standardised_mse"] > 0.5
 
@@ -118,19 +119,21 @@ def test_stale_batchnorm_is_flagged_and_recalibration_fixes_it(tmp_path, labelle
                    if isinstance(layer, keras.layers.BatchNormalization)][-1]
         last_bn.moving_variance.assign(last_bn.moving_variance * 1e6)
         messages = []
-        report = export.export_encoder(encoder, str(tmp_path / str(images)), ["float32"], source,
-                                       agreement_images=8, latency_runs=1, threads=(1,),
-                                       recalibrate_bn_images=images, log=messages.append)
+        export_config = config.ExportConfig(variants=("float32",), agreement_images=8,
+                                            latency_runs=1, threads=(1,),
+                                            recalibrate_bn_images=images)
+        report = deploy.export_encoder(encoder, str(tmp_path / str(images)), source,
+                                       export_config, log=messages.append)
         assert report["bn_recalibration_images"] == images
         spreads[images] = report["feature_spread"]
         warnings[images] = [m for m in messages if m.startswith("warning:")]
-    assert spreads[0] < export.LOW_FEATURE_SPREAD < spreads[16]
+    assert spreads[0] < deploy.LOW_FEATURE_SPREAD < spreads[16]
     assert "--recalibrate_bn_images" in warnings[0][0] and not warnings[16]
 
 
 def test_int8_io_type_is_selectable(mobilenetv3_export, labelled_folder):
     encoder, _, _ = mobilenetv3_export
-    images = export.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
+    images = deploy.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
                                   12, SIZE)
     for io_type, dtype in (("uint8", np.uint8), ("int8", np.int8)):
         flatbuffer = tflite.convert(encoder, "int8", images, io_type)
@@ -139,12 +142,13 @@ def test_int8_io_type_is_selectable(mobilenetv3_export, labelled_folder):
         assert runner.get_output_details()[0]["dtype"] == dtype
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2", "mobilenetv3small", "efficientnetb0", "mnasnet_a1"])
+@pytest.mark.parametrize("name",
+                         ["mobilenetv2", "mobilenetv3small", "efficientnetb0", "mnasnet_a1"])
 def test_tf_keras_twin_reproduces_the_encoder(name, labelled_folder):
     from mobile_pirl_tf import qat
 
     encoder = trained_like_encoder(name, labelled_folder)
-    images = export.sample_images(data.folder_source(os.path.join(labelled_folder, "test")), 6,
+    images = deploy.sample_images(data.folder_source(os.path.join(labelled_folder, "test")), 6,
                                   SIZE)
     twin = qat.twin(encoder, name)
     # Relative to the largest feature: float32 rounding differs between Keras 3 and tf_keras
@@ -153,6 +157,7 @@ def test_tf_keras_twin_reproduces_the_encoder(name, labelled_folder):
     assert qat.twin_max_difference(encoder, twin, images) < 5e-5 * scale
 
 
+@pytest.mark.slow
 def test_qat_starts_where_post_training_int8_is(labelled_folder):
     """Before any distillation the fake-quantized model is as close to the float encoder as
     post-training int8 is: weight and activation ranges come from the weights and the data
@@ -165,7 +170,7 @@ def test_qat_starts_where_post_training_int8_is(labelled_folder):
 
     name = "mnasnet_a1"  # squeeze-excite Multiply, Normalization on the pixels
     encoder = trained_like_encoder(name, labelled_folder)
-    images = export.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
+    images = deploy.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
                                   16, SIZE)
     twin = qat.twin(encoder, name)
     model = qat.quantize_aware(twin)
@@ -176,9 +181,9 @@ def test_qat_starts_where_post_training_int8_is(labelled_folder):
         any(qat._short(v.name) == "output_max" for v in layer.non_trainable_weights)
         for layer in output_quantized)
     reference = encoder.predict(images, verbose=0)
-    fake_quantized = export.agreement(reference, model.predict(images, verbose=0))
+    fake_quantized = agreement.agreement(reference, model.predict(images, verbose=0))
     int8_file = tflite.convert(encoder, "int8", images)
-    post_training = export.agreement(reference, tflite.run(int8_file, images))
+    post_training = agreement.agreement(reference, tflite.run(int8_file, images))
     # Seen on these random-init encoders: MnasNet-A1 0.586 vs 0.562 (EfficientNet-B0: 0.777 vs
     # 0.810).
     assert (fake_quantized["centred_cosine_mean"]
@@ -189,7 +194,8 @@ def test_qat_starts_where_post_training_int8_is(labelled_folder):
 
 def test_calibrated_ranges_ignore_one_outlier_image():
     """QAT's starting ranges are medians of per-batch extremes: one image 10x out of range (one
-    saturated image did this to MobileNetV3-Small, BENCHMARKS.md) must not set the range."""
+    saturated image did this to MobileNetV3-Small: docs/notes/int8-accuracy.md) must not set the
+    range."""
     from mobile_pirl_tf import qat
 
     values = np.random.default_rng(0).uniform(-1.0, 2.0, (96, 4, 4, 3)).astype(np.float32)
@@ -258,12 +264,13 @@ def test_op_counts_count_every_op():
     assert tflite.op_names(flatbuffer) == sorted(counts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mobilenetv3small", "efficientnetb0"])
 def test_qat_runs_one_epoch_and_converts(name, labelled_folder):
     encoder = trained_like_encoder(name, labelled_folder)
     source = data.folder_source(os.path.join(labelled_folder, "train"))
-    images = export.sample_images(source, 16, SIZE)
-    model, info = export.quantization_aware(encoder, name, 1.0, images, images, epochs=1,
+    images = deploy.sample_images(source, 16, SIZE)
+    model, info = deploy.quantization_aware(encoder, name, 1.0, images, images, epochs=1,
                                             learning_rate=1e-4, seed=0)
     assert info["qat_epochs"] == 1 and len(info["qat_distillation_loss"]) == 1
     assert np.isfinite(info["qat_distillation_loss"][0])
@@ -275,11 +282,12 @@ def test_qat_runs_one_epoch_and_converts(name, labelled_folder):
     # (seen: 0.96). EfficientNet-B0 does not on a random-init encoder (seen: 0.73; 0.69 before
     # its squeeze-excite Multiply was fake-quantized): file and simulation round differently
     # (the converter splits swish into LOGISTIC and MUL) and B0's error is large either way. On
-    # a trained B0 both are as far from float (centred cosine 0.913 / 0.909; BENCHMARKS.md).
-    cosine = export.agreement(fake_quantized, tflite.run(flatbuffer, images[:6]))["cosine_mean"]
-    assert cosine >= (export.MIN_COSINE["qat_int8"] if name == "mobilenetv3small" else 0.5)
+    # a trained B0 both are as far from float (centred cosine 0.913 / 0.909:
+    # docs/notes/int8-accuracy.md).
+    cosine = agreement.agreement(fake_quantized, tflite.run(flatbuffer, images[:6]))["cosine_mean"]
+    assert cosine >= (deploy.MIN_COSINE["qat_int8"] if name == "mobilenetv3small" else 0.5)
     if name == "mobilenetv3small":  # epochs=0: calibrated ranges only, nothing trained
-        untrained, info = export.quantization_aware(encoder, name, 1.0, images, None, epochs=0,
+        untrained, info = deploy.quantization_aware(encoder, name, 1.0, images, None, epochs=0,
                                                     learning_rate=1e-4, seed=0)
         assert info["qat_distillation_loss"] == [] and info["qat_images"] == 0
         assert tflite.flex_ops(tflite.convert(untrained, "qat_int8", images)) == []

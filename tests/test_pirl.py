@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobile_pirl_tf import training, views
+from mobile_pirl_tf import training, transforms
 
 NUM_EXAMPLES = 12
 IMAGE_SIZE = 32
@@ -16,8 +16,9 @@ def toy_backbone():
     """A small CNN without batch-norm, so replicas and the single device compute the same thing."""
     inputs = keras.Input((None, None, 3))
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(1))(x)
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(2))(x)
+    for filters, seed in ((8, 1), (16, 2)):
+        x = keras.layers.Conv2D(filters, 3, strides=2, activation="relu",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed))(x)
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="toy")
 
 
@@ -28,7 +29,7 @@ def config(**overrides):
 
 def fixed_batch(batch=4, seed=0):
     rng = np.random.default_rng(seed)
-    q = views.jigsaw_geometry(IMAGE_SIZE).patch_input
+    q = transforms.jigsaw_geometry(IMAGE_SIZE).patch_input
     return {"image": rng.uniform(0, 255, (batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
             "patches": rng.uniform(0, 255, (batch, 9, q, q, 3)).astype(np.float32),
             "index": np.array([5, 0, 9, 2][:batch], np.int64)}
@@ -65,8 +66,9 @@ def test_loss_reads_the_bank_before_the_update():
     from mobile_pirl_tf import memory_bank
 
     def infonce(z, term):
-        neg_idx = memory_bank.sample_negatives(tf.constant(batch["index"]), model.num_negatives,
-                                               NUM_EXAMPLES, tf.constant([cfg.seed, term], tf.int64)).numpy()
+        neg_idx = memory_bank.sample_negatives(
+            tf.constant(batch["index"]), model.num_negatives, NUM_EXAMPLES,
+            tf.constant([cfg.seed, term], tf.int64)).numpy()
         pos = np.sum(z * positives, 1) / cfg.temperature
         neg = np.einsum("bd,bkd->bk", z, bank_before[neg_idx]) / cfg.temperature
         logits = np.concatenate([pos[:, None], neg], 1).astype(np.float64)
@@ -114,6 +116,7 @@ def test_mirrored_matches_default_strategy(shared):
     np.testing.assert_allclose(copies[0], default.bank.rows.numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_on_fixed_views():
     """The optimisation path of train_step (loss, gradients, bank update) drives the PIRL loss
     down when the views are fixed: each embedding moves towards its own bank row."""
@@ -124,7 +127,7 @@ def test_training_lowers_the_loss_on_fixed_views():
         model = training.build_pirl(cfg, 8)
         training.build_variables(model, cfg)
     rng = np.random.default_rng(0)
-    q = views.jigsaw_geometry(IMAGE_SIZE).patch_input
+    q = transforms.jigsaw_geometry(IMAGE_SIZE).patch_input
     batch = {"image": rng.uniform(0, 255, (8, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
              "patches": rng.uniform(0, 255, (8, 9, q, q, 3)).astype(np.float32),
              "index": np.arange(8, dtype=np.int64)}

@@ -16,6 +16,7 @@ def test_cells_are_singles_then_unordered_pairs_then_extras():
         ("color+blur", "color", "blur"), ("jigsaw", "jigsaw", "")]
 
 
+@pytest.mark.slow
 def test_sweep_writes_csv_and_png_records_failures_and_skips_finished(
         tmp_path, image_folder, labelled_folder, monkeypatch):
     base = training.TrainConfig(backbone="mobilenetv3small", image_size=32, batch_size=4,

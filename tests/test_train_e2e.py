@@ -11,10 +11,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
 
 from mobile_pirl_tf import UsageError, training
-
-from conftest import REPO
 
 
 def cfg(model_dir, data_dir, **overrides):
@@ -53,7 +52,8 @@ def test_rerun_resumes_at_epoch_two_with_the_bank_restored(two_epoch_run, image_
     strategy = tf.distribute.get_strategy()
     model, epoch, manager = training.open_run(config, 32, 4, strategy)
     assert int(epoch.numpy()) == 2
-    saved = tf.train.load_variable(manager.latest_checkpoint, "memory_bank/.ATTRIBUTES/VARIABLE_VALUE")
+    saved = tf.train.load_variable(manager.latest_checkpoint,
+                                   "memory_bank/.ATTRIBUTES/VARIABLE_VALUE")
     np.testing.assert_array_equal(model.bank.rows.numpy(), saved)
     fresh = training.build_pirl(config, 32)
     training.build_variables(fresh, config)
@@ -93,6 +93,7 @@ def test_foreign_non_empty_model_dir_is_refused(tmp_path, image_folder):
     assert sorted(os.listdir(tmp_path)) == ["precious.txt"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_saves_nothing(tmp_path, image_folder):
     with pytest.raises(FloatingPointError, match="lower --learning_rate"):
         training.train(cfg(tmp_path / "run", image_folder, learning_rate=1e35, epochs=1))
@@ -113,7 +114,8 @@ def test_cli_bad_flags_give_one_line(tmp_path):
     result = _cli("--backbone=resnet50", "--width=0.5", f"--model_dir={tmp_path}/r")
     assert "no width multiplier" in result.stderr.strip().splitlines()[-1]
     result = _cli(f"--data_dir={tmp_path}/missing", f"--model_dir={tmp_path}/r")
-    assert result.stderr.strip().splitlines()[-1] == f"error: --data_dir={tmp_path}/missing is not a directory"
+    assert (result.stderr.strip().splitlines()[-1]
+            == f"error: --data_dir={tmp_path}/missing is not a directory")
     assert not os.path.exists(tmp_path / "r")
 
 

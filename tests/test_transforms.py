@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, data, training, transforms, views
+from mobile_pirl_tf import UsageError, training, transforms, views
 
 SIZE = 32
 # blur with p = 1 so that "differs across seeds" is about the op, not the coin.
@@ -97,7 +97,7 @@ def test_jigsaw_then_rotation_rotates_all_patches_by_one_angle():
     raw = tf.cast(image(size=48) * 255, tf.uint8)
     s = seed(2)
     jig_seed, rot_seed = tf.unstack(tf.random.experimental.stateless_split(s, 2))
-    patches, _ = views.jigsaw_view(raw, SIZE, jig_seed)
+    patches, _ = transforms.jigsaw_view(raw, SIZE, jig_seed)
     k = int(transforms.rotation_quarter_turns(rot_seed))
     got = transforms.transformed_view(raw, SIZE, ("jigsaw", "rotation"), s).numpy()
     assert got.shape == (9, *patches.shape[1:])
@@ -114,12 +114,13 @@ def test_parse_rejects_unknown_repeated_and_too_long():
         transforms.parse("crop+color+blur+noise")
 
 
-@pytest.mark.parametrize("spec,key", [("crop+color", "transformed"), ("rotation+jigsaw", "patches")])
+@pytest.mark.parametrize("spec,key",
+                         [("crop+color", "transformed"), ("rotation+jigsaw", "patches")])
 def test_one_pirl_step_for_image_and_patch_endings(spec, key):
     cfg = training.TrainConfig(backbone="mobilenetv3small", image_size=SIZE, batch_size=2,
                                num_negatives=4, embedding_dim=8, epochs=1, transforms=spec)
     cfg.validate()
-    elements = [data.pirl_views(tf.cast(image(i, 40) * 255, tf.uint8), tf.constant(i, tf.int64),
+    elements = [views.pirl_views(tf.cast(image(i, 40) * 255, tf.uint8), tf.constant(i, tf.int64),
                                 seed(i), SIZE, cfg.transform_names(), cfg.transform_params())
                 for i in range(2)]
     batch = {k: tf.stack([e[k] for e in elements]) for k in elements[0]}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobile_pirl_tf import views
+from mobile_pirl_tf import augment, transforms, views
 
 
 def _seed(a, b=0):
@@ -10,16 +10,16 @@ def _seed(a, b=0):
 
 
 def test_geometry_matches_paper_at_224_and_scales():
-    assert views.jigsaw_geometry(224) == (255, 85, 64, 64)
-    crop, cell, patch, patch_input = views.jigsaw_geometry(96)
+    assert transforms.jigsaw_geometry(224) == (255, 85, 64, 64)
+    crop, cell, patch, patch_input = transforms.jigsaw_geometry(96)
     assert (crop, cell, patch) == (109, 36, 27)
-    assert patch_input == views.MIN_BACKBONE_INPUT  # upscaled for keras.applications
-    assert views.jigsaw_geometry(448).patch == 128
+    assert patch_input == transforms.MIN_BACKBONE_INPUT  # upscaled for keras.applications
+    assert transforms.jigsaw_geometry(448).patch == 128
 
 
 @pytest.mark.parametrize("image_size", [64, 224])
 def test_jigsaw_patches_one_per_cell_and_shuffled(image_size):
-    geom = views.jigsaw_geometry(image_size)
+    geom = transforms.jigsaw_geometry(image_size)
     # A crop whose 9 cells are constant, with value = 10 * (cell number + 1).
     cell_id = np.zeros((geom.crop, geom.crop), np.float32)
     for k in range(9):
@@ -28,7 +28,7 @@ def test_jigsaw_patches_one_per_cell_and_shuffled(image_size):
     crop = tf.constant(np.repeat(cell_id[:, :, None], 3, axis=2) / 255.0)
     orders = set()
     for s in range(20):
-        patches, perm = views.jigsaw_patches(crop, geom, _seed(s))
+        patches, perm = transforms.jigsaw_patches(crop, geom, _seed(s))
         patches, perm = patches.numpy() * 255.0, perm.numpy()
         assert patches.shape == (9, geom.patch_input, geom.patch_input, 3)
         assert sorted(perm) == list(range(9))  # one patch from each cell
@@ -40,11 +40,11 @@ def test_jigsaw_patches_one_per_cell_and_shuffled(image_size):
 
 
 def test_jigsaw_jitter_varies_offsets():
-    geom = views.jigsaw_geometry(224)
+    geom = transforms.jigsaw_geometry(224)
     ramp = np.tile(np.arange(geom.crop, dtype=np.float32)[None, :, None], (geom.crop, 1, 3)) / 255.0
     firsts = set()
     for s in range(10):
-        patches, perm = views.jigsaw_patches(tf.constant(ramp), geom, _seed(s))
+        patches, perm = transforms.jigsaw_patches(tf.constant(ramp), geom, _seed(s))
         k = int(np.argmin(perm.numpy()))  # the patch from cell 0
         left = round(float(patches[k, 0, 0, 0]) * 255)
         assert 0 <= left <= geom.cell - geom.patch
@@ -65,9 +65,9 @@ def test_views_shapes_range_and_determinism():
     assert a.min() >= 0 and a.max() <= 255
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
-    pa, perm_a = views.jigsaw_view(image, 64, _seed(1))
-    pb, perm_b = views.jigsaw_view(image, 64, _seed(1))
-    pc, _ = views.jigsaw_view(image, 64, _seed(2))
+    pa, perm_a = transforms.jigsaw_view(image, 64, _seed(1))
+    pb, perm_b = transforms.jigsaw_view(image, 64, _seed(1))
+    pc, _ = transforms.jigsaw_view(image, 64, _seed(2))
     np.testing.assert_array_equal(pa.numpy(), pb.numpy())
     np.testing.assert_array_equal(perm_a.numpy(), perm_b.numpy())
     assert not np.allclose(pa.numpy(), pc.numpy())
@@ -77,29 +77,29 @@ def test_views_shapes_range_and_determinism():
 def test_tiny_image_is_upscaled():
     tiny = _image(size=(7, 5))
     assert views.image_view(tiny, 64, _seed(0)).shape == (64, 64, 3)
-    assert views.jigsaw_view(tiny, 64, _seed(0))[0].shape == (9, 32, 32, 3)
+    assert transforms.jigsaw_view(tiny, 64, _seed(0))[0].shape == (9, 32, 32, 3)
 
 
 def test_photometric_pieces():
     x = tf.constant(np.linspace(0, 1, 48, dtype=np.float32).reshape(4, 4, 3))
-    np.testing.assert_allclose(views.solarize(x).numpy(), np.where(x < 0.5, x, 1 - x))
-    auto = views.autocontrast(x * 0.5 + 0.2).numpy()
+    np.testing.assert_allclose(augment.solarize(x).numpy(), np.where(x < 0.5, x, 1 - x))
+    auto = augment.autocontrast(x * 0.5 + 0.2).numpy()
     np.testing.assert_allclose(auto.min(axis=(0, 1)), 0, atol=1e-6)
     np.testing.assert_allclose(auto.max(axis=(0, 1)), 1, atol=1e-6)
-    assert len(np.unique(np.round(views.posterize(x, 2).numpy() * 255))) <= 4
-    np.testing.assert_allclose(views.sharpness(x, 1.0).numpy(), x.numpy(), atol=1e-6)
+    assert len(np.unique(np.round(augment.posterize(x, 2).numpy() * 255))) <= 4
+    np.testing.assert_allclose(augment.sharpness(x, 1.0).numpy(), x.numpy(), atol=1e-6)
 
 
 def test_image_view_min_scale_reaches_the_crop(monkeypatch):
     """--view_min_scale goes from the training params to the image view's crop; 0 is refused."""
-    from mobile_pirl_tf import UsageError, data, transforms
+    from mobile_pirl_tf import UsageError
     seen = []
-    real = views.random_resized_crop
-    monkeypatch.setattr(views, "random_resized_crop",
+    real = augment.random_resized_crop
+    monkeypatch.setattr(augment, "random_resized_crop",
                         lambda image, size, scale, seed, **kw: seen.append(scale) or
                         real(image, size, scale, seed, **kw))
     image = tf.zeros([80, 80, 3], tf.uint8)
-    data.pirl_views(image, 0, _seed(0), 64, ("rotation",),
+    views.pirl_views(image, 0, _seed(0), 64, ("rotation",),
                     transforms.TransformParams(view_min_scale=0.5))
     assert seen == [(0.5, 1.0)]
     with pytest.raises(UsageError, match="view_min_scale"):

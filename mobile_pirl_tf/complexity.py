@@ -1,6 +1,6 @@
 """The backbone zoo compared as in the proposal's Table I: size, multiply-adds and latency.
 
-    python -m mobile_pirl_tf.models --image_size=224 [--backbones=mobilenetv2,mnasnet_a1]
+    python -m mobile_pirl_tf.complexity --image_size=224 [--backbones=mobilenetv2,mnasnet_a1]
         [--output_dir=.] [--runs=50] [--threads=1,2]
 
 For every backbone: parameters with a 1000-class head and without (the PIRL encoder), the
@@ -17,12 +17,11 @@ bias additions.
 import csv
 import math
 import os
-import sys
 
 import numpy as np
 import tensorflow as tf
 
-from mobile_pirl_tf import backbones, tflite
+from mobile_pirl_tf import UsageError, backbones, cli, tflite
 
 # (parameters, multiply-adds) at 224 px with a 1000-class head, as the papers publish them.
 PUBLISHED = {
@@ -118,7 +117,8 @@ def markdown(rows, threads):
             "MACs / B0", "feature dim"] + [f"float32 TFLite ms, {t} thr" for t in threads]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["backbone"], _fmt(r["params_with_head"], 1e6), _fmt(r.get("published_params"), 1e6, 1),
+        cells = [r["backbone"], _fmt(r["params_with_head"], 1e6),
+                 _fmt(r.get("published_params"), 1e6, 1),
                  _fmt(r.get("params_vs_published"), percent=True), _fmt(r["params_encoder"], 1e6),
                  _fmt(r["macs_with_head"], 1e6, 1), _fmt(r.get("published_macs"), 1e6, 0),
                  _fmt(r.get("macs_vs_published"), percent=True), _fmt(r["macs_encoder"], 1e6, 1),
@@ -144,17 +144,16 @@ def write_table(rows, threads, output_dir):
 
 def main(argv):
     del argv
-    from absl import flags, logging
-    from mobile_pirl_tf import UsageError
+    from absl import logging
 
-    f = flags.FLAGS
+    f = cli.FLAGS
     logging.set_verbosity(logging.WARNING)
+    for name in f.backbones:
+        backbones.check_backbone(name)
     try:
-        for name in f.backbones:
-            backbones.check_backbone(name)
         threads = [int(t) for t in f.threads]
-    except (UsageError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except ValueError:
+        raise UsageError(f"--threads={','.join(f.threads)}: give integers") from None
     rows = []
     for i, name in enumerate(f.backbones, 1):
         print(f"[{i}/{len(f.backbones)}] {name} at {f.image_size} px ...", flush=True)
@@ -166,18 +165,16 @@ def main(argv):
         print(f"wrote {path}")
 
 
-def _define_flags():
+def define_flags():
     from absl import flags
 
-    flags.DEFINE_integer("image_size", 224, "Input size of every network.")
+    cli.define_common("image_size", "output_dir", "threads", group="Table I", image_size=224,
+                      output_dir=".")
     flags.DEFINE_list("backbones", list(backbones.BACKBONES), "Backbones to compare.")
-    flags.DEFINE_string("output_dir", ".", "Where table1.md and table1.csv are written.")
     flags.DEFINE_integer("runs", 50, "Timed LiteRT invokes per thread count (0: no latency).")
-    flags.DEFINE_list("threads", ["1", "2"], "LiteRT thread counts to time.")
+    cli.show_in_help("Table I", "backbones", "runs")
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    define_flags()
+    cli.run(main, __doc__)

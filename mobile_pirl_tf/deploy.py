@@ -1,17 +1,16 @@
-"""Export an encoder to TFLite variants and report what each costs and wins
+"""Export of an encoder to LiteRT variants, with a report of what each costs and keeps
 (`python export/to_tflite.py`).
 
 For every variant (`tflite.VARIANTS`) the report holds: file size (and its ratio to float32);
-agreement with the Keras encoder on held-out real images (cosine similarity of the features,
-raw and centred on the Keras features' mean, largest absolute difference; see `agreement`);
-the linear-probe top-1 of `evaluation` computed on the TFLite features (when a labelled
-folder is given, beside the Keras encoder's own); host latency with the LiteRT interpreter and
-XNNPACK (median and p90 after warm-up, per thread count); the op list (no Flex op may appear). A variant whose mean centred cosine falls below
-its tolerance (`MIN_COSINE`) fails the export loudly, after the report is written.
+agreement with the Keras encoder on held-out real images (`agreement.agreement`); the
+linear-probe top-1 of `probes` computed on the variant's features (when a labelled folder is
+given, beside the Keras encoder's own); host latency with the LiteRT interpreter and XNNPACK
+(median and p90 after warm-up, per thread count); the op list (no Flex op may appear). A
+variant whose mean centred cosine falls below its tolerance (`MIN_COSINE`) fails the export
+loudly, after the report is written.
 
 Images: calibration (int8), QAT distillation and agreement images are centre crops of the
-training data (the same data flags as train.py), drawn with a fixed seed; the agreement images
-are disjoint from the others.
+training data, drawn with a fixed seed; the agreement images are disjoint from the others.
 """
 
 import json
@@ -21,17 +20,14 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, evaluation, tflite
+from mobile_pirl_tf import UsageError, batchnorm, data, probes, tflite
+from mobile_pirl_tf.agreement import agreement, feature_scale, feature_spread
+from mobile_pirl_tf.config import ExportConfig
 
-# Smallest acceptable mean centred cosine similarity to the Keras encoder's features
-# (`agreement`), per variant.
+# Smallest acceptable mean centred cosine similarity to the Keras encoder's features, per variant.
 MIN_COSINE = {"float32": 0.9999, "float16": 0.999, "dynamic": 0.99, "int8": 0.90,
               "qat_int8": 0.90}
 MIN_CALIBRATION_IMAGES = 200
-# QAT distillation: 4,096 extra images x 5 epochs brought a 64 px MobileNetV3-Small within
-# 0.6 points of float (1,024 x 2: 1.5 points); Adam 1e-4, cosine-decayed (3e-4 over 10 epochs
-# did worse on EfficientNet-B0 once dropout was off); see BENCHMARKS.md.
-QAT_IMAGES, QAT_EPOCHS, QAT_LEARNING_RATE = 4096, 5, 1e-4
 LOW_FEATURE_SPREAD = 1e-2
 
 
@@ -45,100 +41,48 @@ def sample_images(source, count, image_size, seed=0, skip=0):
     else:
         keys = source.keys.shuffle(min(source.num_examples, 10_000), seed=seed,
                                    reshuffle_each_iteration=False).skip(skip).take(count)
-    images = keys.map(lambda k: evaluation.centre_crop(source.decode(k), image_size))
+    images = keys.map(lambda k: data.centre_crop(source.decode(k), image_size))
     images = list(images.ignore_errors().as_numpy_iterator())
     return np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.float32)
-
-
-def _cosines(a, b):
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return np.sum(a * b, axis=1)
-
-
-def feature_spread(features):
-    """|std over images| / |mean| of [N, d] features: near 0, they barely tell images apart."""
-    features = np.asarray(features, np.float64)
-    return float(np.linalg.norm(features.std(axis=0))
-                 / max(np.linalg.norm(features.mean(axis=0)), 1e-12))
-
-
-def feature_scale(features):
-    """Per-feature spread (std over the images) of [N, d] features, floored at 1e-3 of the largest
-    so that a constant feature does not divide by zero: the scale the linear probe standardises
-    each feature to (`evaluation.linear_probe_scores`, which adds 1e-6 instead of a floor), used
-    by `agreement` and as the QAT distillation loss's scale."""
-    spread = np.asarray(features, np.float64).std(axis=0)
-    return np.maximum(spread, 1e-3 * max(float(spread.max()), 1e-12))
-
-
-def agreement(reference, features):
-    """How far converted features are from the reference, over [N, d] rows of the same images.
-
-    cosine_*: cosine similarity of each image's two feature vectors. centred_cosine_*: the same
-    after subtracting the reference's mean feature from both; this is what the tolerance checks,
-    because features often share a large common component (seen: mean norm 0.38, per-image
-    spread 1e-4 for a briefly trained MobileNetV3-Small) that keeps the raw cosine at 0.9999
-    while int8 rounding erases every difference between images (its linear probe fell from 46%
-    to 20%). feature_spread = |std over images| / |mean|: near 0 the encoder barely tells images
-    apart. standardised_mse: the mean squared difference with every feature in units of its
-    spread over the images (`feature_scale`), what the linear probe sees; the cosines are
-    dominated by the few features of largest magnitude and can look fine while the many small
-    ones are lost (EfficientNet-B0 QAT int8: centred cosine 0.95, standardised MSE 0.12-0.15,
-    probe 4-7 points below float; MobileNetV2: 0.0071, +0.36; BENCHMARKS.md). None for a single
-    image. max_abs_diff: the largest absolute difference.
-    """
-    reference = np.asarray(reference, np.float64)
-    features = np.asarray(features, np.float64)
-    cosine = _cosines(reference, features)
-    mean = reference.mean(axis=0, keepdims=True) if len(reference) > 1 else 0.0
-    centred = _cosines(reference - mean, features - mean)
-    return {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
-            "centred_cosine_mean": float(centred.mean()),
-            "centred_cosine_min": float(centred.min()),
-            "feature_spread": feature_spread(reference),
-            "standardised_mse": (float(np.mean(((features - reference)
-                                                / feature_scale(reference)) ** 2))
-                                 if len(reference) > 1 else None),
-            "max_abs_diff": float(np.max(np.abs(reference - features)))}
 
 
 def probe(features_fn, train, test, image_size, seed=0):
     """Linear-probe top-1 of features_fn(images) on a labelled split pair."""
     def extract(split):
         return np.concatenate([features_fn(batch.numpy())
-                               for batch in evaluation.split_images(split, image_size)])
-    result = evaluation.evaluate_features("linear", extract(train), train.labels, extract(test),
+                               for batch in data.split_images(split, image_size)])
+    result = probes.evaluate_features("linear", extract(train), train.labels, extract(test),
                                           test.labels, len(train.classes), seed)
     return result["top1"]
 
 
-def export_encoder(encoder, out_dir, variants, source, backbone=None, width=1.0,
-                   calibration_images=256, agreement_images=100, int8_io="uint8",
-                   qat_images=QAT_IMAGES, qat_epochs=QAT_EPOCHS,
-                   qat_learning_rate=QAT_LEARNING_RATE, probe_splits=None, latency_runs=50,
-                   threads=(1, 2), seed=0, recalibrate_bn_images=0, log=print):
+def export_encoder(encoder, out_dir, source, config: ExportConfig, probe_splits=None, log=print):
     """Writes <variant>.tflite files and report.json to out_dir; returns the report.
 
-    recalibrate_bn_images > 0 first re-estimates the encoder's batch-norm statistics (in
-    memory: the encoder file is not touched) on that many images of `source`.
+    `config` (an `ExportConfig`) gives the variants, sample sizes, QAT settings, latency runs,
+    thread counts and seed; `source` (a `data.Source`) the unlabelled images; `probe_splits`
+    an optional (train, test) pair of `data.LabelledSplit`s for the linear probe. With
+    `config.recalibrate_bn_images` > 0 the encoder's batch-norm statistics are first
+    re-estimated in memory (the encoder file is not touched) on that many images of `source`.
     """
+    c = config
+    variants, seed, threads = c.variants, c.seed, tuple(c.threads)
     size = int(encoder.input.shape[1])
-    if recalibrate_bn_images:
-        images = sample_images(source, recalibrate_bn_images, size, seed + 1)
-        evaluation.recalibrate_batchnorm_on(
+    if c.recalibrate_bn_images:
+        images = sample_images(source, c.recalibrate_bn_images, size, seed + 1)
+        batchnorm.recalibrate_batchnorm_on(
             encoder, (images[i:i + 128] for i in range(0, len(images), 128)))
     needs_images = any(v in ("int8", "qat_int8") for v in variants)
     calibration = np.zeros((0, size, size, 3), np.float32)
     if needs_images:
-        calibration = sample_images(source, calibration_images, size, seed)
-        if len(calibration) < min(MIN_CALIBRATION_IMAGES, calibration_images):
+        calibration = sample_images(source, c.calibration_images, size, seed)
+        if len(calibration) < min(MIN_CALIBRATION_IMAGES, c.calibration_images):
             raise UsageError(f"int8 calibration needs at least {MIN_CALIBRATION_IMAGES} images; "
                              f"{source.name} gave {len(calibration)}; point the data flags at a "
                              "larger set (or pass a smaller --calibration_images to accept it)")
-    held_out = sample_images(source, agreement_images, size, seed, skip=len(calibration))
+    held_out = sample_images(source, c.agreement_images, size, seed, skip=len(calibration))
     if len(held_out) == 0:
-        held_out = sample_images(source, agreement_images, size, seed)
+        held_out = sample_images(source, c.agreement_images, size, seed)
     reference = np.asarray(encoder.predict(held_out, verbose=0, batch_size=32))
     spread = feature_spread(reference)
     if spread < LOW_FEATURE_SPREAD:
@@ -147,19 +91,20 @@ def export_encoder(encoder, out_dir, variants, source, backbone=None, width=1.0,
             f"re-estimate them with --recalibrate_bn_images=2560")
 
     def qat_training_images():  # after the calibration and agreement images, disjoint from both
-        images = sample_images(source, qat_images, size, seed,
+        images = sample_images(source, c.qat_images, size, seed,
                                skip=len(calibration) + len(held_out))
         return np.concatenate([calibration, images]) if len(images) else calibration
 
-    report = {"encoder_input": size, "backbone": backbone, "variants": {},
+    report = {"encoder_input": size, "backbone": c.backbone, "variants": {},
               "calibration_images": int(len(calibration)), "agreement_images": int(len(held_out)),
-              "int8_io": int8_io, "data": source.name, "threads": list(threads),
-              "latency_runs": latency_runs, "min_cosine": MIN_COSINE,
-              "feature_spread": spread, "bn_recalibration_images": recalibrate_bn_images}
+              "int8_io": c.int8_io, "data": source.name, "threads": list(threads),
+              "latency_runs": c.latency_runs, "min_cosine": MIN_COSINE,
+              "feature_spread": spread, "bn_recalibration_images": c.recalibrate_bn_images}
     if probe_splits:
         train, test = probe_splits
         report["keras_probe_top1"] = probe(
-            lambda x: np.asarray(encoder.predict(x, verbose=0, batch_size=32)), train, test, size, seed)
+            lambda x: np.asarray(encoder.predict(x, verbose=0, batch_size=32)), train, test, size,
+            seed)
         log(f"keras encoder: linear-probe top-1 {100 * report['keras_probe_top1']:.2f}")
     os.makedirs(out_dir, exist_ok=True)
     failures = []
@@ -168,10 +113,10 @@ def export_encoder(encoder, out_dir, variants, source, backbone=None, width=1.0,
         log(f"{variant}: converting ...")
         model, extra = encoder, {}
         if variant == "qat_int8":
-            model, extra = quantization_aware(encoder, backbone, width, calibration,
-                                              qat_training_images() if qat_epochs else None,
-                                              qat_epochs, qat_learning_rate, seed)
-        flatbuffer = tflite.convert(model, variant, calibration, int8_io)
+            model, extra = quantization_aware(encoder, c.backbone, c.width or 1.0, calibration,
+                                              qat_training_images() if c.qat_epochs else None,
+                                              c.qat_epochs, c.qat_learning_rate, seed)
+        flatbuffer = tflite.convert(model, variant, calibration, c.int8_io)
         path = os.path.join(out_dir, f"{variant}.tflite")
         with open(path + ".tmp", "wb") as f:
             f.write(flatbuffer)
@@ -181,8 +126,9 @@ def export_encoder(encoder, out_dir, variants, source, backbone=None, width=1.0,
                  "flex_ops": tflite.flex_ops(flatbuffer), **extra,
                  **agreement(reference, tflite.run(runner, held_out))}
         if probe_splits:
-            entry["probe_top1"] = probe(lambda x: tflite.run(runner, x), *probe_splits, size, seed)
-        entry["latency_ms"] = {str(t): tflite.measure_latency(flatbuffer, t, latency_runs)
+            entry["probe_top1"] = probe(lambda x, r=runner: tflite.run(r, x), *probe_splits, size,
+                                        seed)
+        entry["latency_ms"] = {str(t): tflite.measure_latency(flatbuffer, t, c.latency_runs)
                                for t in threads}
         entry["passed"] = (entry["centred_cosine_mean"] >= MIN_COSINE[variant]
                            and not entry["flex_ops"])
@@ -245,8 +191,8 @@ def format_report(report):
                  "-" if e.get("standardised_mse") is None else f"{e['standardised_mse']:.3g}",
                  f"{e['max_abs_diff']:.3g}",
                  f"{100 * e['probe_top1']:.2f}" if "probe_top1" in e else "-"]
-        cells += [f"{e['latency_ms'][str(t)]['median_ms']:.2f} ({e['latency_ms'][str(t)]['p90_ms']:.2f})"
-                  for t in threads]
+        latency = [e["latency_ms"][str(t)] for t in threads]
+        cells += [f"{ms['median_ms']:.2f} ({ms['p90_ms']:.2f})" for ms in latency]
         lines.append("| " + " | ".join(cells) + " |")
     if "keras_probe_top1" in report:
         lines.append(f"\nKeras encoder linear-probe top-1: {100 * report['keras_probe_top1']:.2f}")

@@ -1,0 +1,65 @@
+"""Callbacks of a PIRL run's `model.fit`: the per-epoch checkpoint and the kNN monitor."""
+
+import logging
+import math
+import time
+
+import keras
+
+from mobile_pirl_tf import backbones, data, features, probes
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves weights, optimizer, memory bank and the epoch after every finished epoch.
+
+    A non-finite loss stops training with a clear error and saves nothing, so the last good
+    checkpoint stays the one a rerun resumes from.
+    """
+
+    def __init__(self, manager, epoch_variable):
+        super().__init__()
+        self.manager, self.epoch_variable = manager, epoch_variable
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"the loss became {float(loss)} at step {batch + 1} of epoch "
+                f"{int(self.epoch_variable.numpy()) + 1}; nothing was saved for this epoch and the "
+                "last checkpoint is intact; lower --learning_rate and rerun to resume")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_variable.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
+class KNNMonitor(keras.callbacks.Callback):
+    """Runs the kNN probe on labelled data every `every` epochs during pretraining and adds
+    `knn_top1` to the epoch logs (progress bar, History, TensorBoard). Place it before the
+    TensorBoard callback."""
+
+    def __init__(self, data_dir, image_size, every=1):
+        super().__init__()
+        self.train, self.test = data.folder_splits(data_dir)
+        self.image_size, self.every = image_size, max(1, int(every))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every or logs is None:
+            return
+        started = time.time()
+        encoder = backbones.build_encoder(self.model.backbone, self.image_size)
+        # Recalibration must not leak into training: keep and restore the moving statistics.
+        moving = [v for v in encoder.non_trainable_variables if "moving" in v.path]
+        saved = [v.numpy() for v in moving]
+        try:
+            train_features, test_features = features.features_for(
+                encoder, "", self.train, self.test, self.image_size)
+        finally:
+            for v, value in zip(moving, saved):
+                v.assign(value)
+        result = probes.evaluate_features("knn", train_features, self.train.labels, test_features,
+                                   self.test.labels, len(self.train.classes))
+        logs["knn_top1"] = result["top1"]
+        logging.info("epoch %d: kNN top-1 %.4f on %s (%.1f s)", epoch + 1, result["top1"],
+                     self.test.name, time.time() - started)

@@ -1,0 +1,88 @@
+"""The PIRL input pipeline, entirely tf.data with TF ops:
+
+    per epoch e: a permutation of the examples under (seed, e), the first steps * batch taken
+    -> parallel map: decode, image view, transformed view, with a per-example seed
+       (seed, e, position)
+    -> batch (global, drop remainder) -> prefetch
+
+so the stream of batches is reproducible under --seed, and a resumed run sees exactly the
+epochs it would have seen without the interruption. Sources are `data.Source`s.
+"""
+
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from mobile_pirl_tf import transforms, views
+from mobile_pirl_tf.config import TransformParams
+from mobile_pirl_tf.data import Source
+
+
+def example_seed(seed, epoch, position):
+    """The [2] int64 seed of one example's views."""
+    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
+
+
+def _epoch_orders(source: Source, examples_per_epoch, seed):
+    """epoch (int64 tensor) -> dataset of (key, index, position) for that epoch.
+
+    Folders (random access): position p of epoch e holds example index_shuffle(p) under the seed
+    (seed, e): an exact, stateless permutation per epoch, so a resumed run sees the same epochs.
+    TFDS (sequential): a shuffle buffer seeded once; reproducible for a given (seed, first epoch).
+    """
+    if source.paths is not None:
+        paths, max_index = tf.constant(source.paths), source.num_examples - 1
+
+        def epoch_elements(epoch):
+            def element(position):
+                perm_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
+                index = tf.random.experimental.index_shuffle(position, perm_seed, max_index)
+                return tf.gather(paths, index), index, position
+            return tf.data.Dataset.range(examples_per_epoch).map(element)
+        return epoch_elements
+
+    indexed = tf.data.Dataset.zip(source.keys, tf.data.Dataset.range(source.num_examples))
+    shuffled = indexed.shuffle(source.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+    def epoch_elements(epoch):
+        del epoch
+        return shuffled.take(examples_per_epoch).enumerate().map(
+            lambda position, key_index: (key_index[0], key_index[1], position))
+    return epoch_elements
+
+
+def synthetic_batch(batch_size, image_size, num_examples=None, seed=0, names=("jigsaw",)):
+    """A batch shaped like the pipeline's (random pixels, distinct indices), for building
+    variables and timing steps without reading images."""
+    rng = np.random.default_rng(seed)
+    q = transforms.jigsaw_geometry(image_size).patch_input
+    num_examples = num_examples or batch_size
+    batch = {
+        "image": tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)),
+                             tf.float32),
+        "index": tf.constant(rng.choice(num_examples, batch_size, replace=False), tf.int64)}
+    if transforms.ends_in_patches(names):
+        batch["patches"] = tf.constant(
+            rng.uniform(0, 255, (batch_size, transforms.NUM_PATCHES, q, q, 3)), tf.float32)
+    else:
+        batch["transformed"] = tf.constant(
+            rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32)
+    return batch
+
+
+def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch, seed=0,
+                        first_epoch=0, last_epoch: Optional[int] = None, names=("jigsaw",),
+                        params=TransformParams()):
+    """Batches for epochs [first_epoch, last_epoch) (forever when last_epoch is None)."""
+    epoch_elements = _epoch_orders(source, steps_per_epoch * batch_size, seed)
+    epochs = tf.data.Dataset.range(first_epoch, last_epoch if last_epoch is not None else 2**62)
+    elements = epochs.flat_map(lambda epoch: epoch_elements(epoch).map(
+        lambda key, index, position: (key, index, example_seed(seed, epoch, position))))
+    ds = elements.map(lambda key, index, s: views.pirl_views(source.decode(key), index, s,
+                                                             image_size, names, params),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # A file that passed the integrity scan but still fails to decode is dropped, not fatal.
+    ds = ds.ignore_errors(log_warning=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

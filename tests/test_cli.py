@@ -1,0 +1,92 @@
+"""The command-line layer: flags generated from the configuration dataclasses, --help that lists
+each tool's own flags and exits 0, one-line errors, no TensorFlow import before main, and the
+project's lint configuration."""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from mobile_pirl_tf import UsageError, config
+
+# Runs a script as `python SCRIPT ARGS` would, then reports whether TensorFlow was imported.
+PROBE = """
+import runpy, sys
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+code = 0
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    code = e.code
+print("tensorflow imported:", "tensorflow" in sys.modules, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _probe(script, *args):
+    return subprocess.run([sys.executable, "-c", PROBE, os.path.join(REPO, script), *args],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+@pytest.mark.parametrize("script,flags", [
+    ("train.py", ["--backbone", "--learning_rate", "--transforms", "--model_dir"]),
+    ("evaluate.py", ["--protocol", "--baseline", "--supervised_minutes"]),
+    ("export/to_tflite.py", ["--variants", "--qat_epochs", "--recalibrate_bn_images"]),
+])
+def test_help_lists_the_tools_own_flags_and_exits_0(script, flags):
+    result = _probe(script, "--help")
+    assert result.returncode == 0, result.stderr
+    for flag in flags:
+        assert f"  {flag}  (default: " in result.stdout
+    assert "--tf_" not in result.stdout and "--test_srcdir" not in result.stdout  # not absl's
+    assert "tensorflow imported: False" in result.stderr
+
+
+def test_bad_flag_value_is_one_line_without_importing_tensorflow():
+    result = _probe("train.py", "--backbone=vgg16")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: unknown --backbone='vgg16'")
+    assert lines[-1] == "tensorflow imported: False"
+
+
+def test_help_groups_training_flags():
+    result = _probe("train.py", "--help")
+    out = result.stdout
+    assert out.index("Data:") < out.index("  --data_dir") < out.index("Model:")
+    assert out.index("Memory bank and loss:") < out.index("  --num_negatives")
+
+
+def test_every_config_field_has_help():
+    for cls in (config.TrainConfig, config.EvalConfig, config.ExportConfig):
+        for field in dataclasses.fields(cls):
+            assert field.metadata.get("help"), f"{cls.__name__}.{field.name} has no help"
+        grouped = {n for names in cls.HELP_GROUPS.values() for n in names}
+        assert grouped == {f.name for f in dataclasses.fields(cls)}, cls.__name__
+
+
+def test_export_config_takes_the_runs_settings_unless_given():
+    run = {"backbone": "mobilenetv2", "width": 0.5, "data_dir": "/images", "dataset": "stl10"}
+    cfg = config.ExportConfig(model_dir="r").with_run_defaults(run)
+    assert (cfg.backbone, cfg.width, cfg.data_dir) == ("mobilenetv2", 0.5, "/images")
+    own = config.ExportConfig(model_dir="r", backbone="mnasnet_a1", dataset="cifar10")
+    own = own.with_run_defaults(run)
+    assert (own.backbone, own.data_dir, own.dataset) == ("mnasnet_a1", None, "cifar10")
+    with pytest.raises(UsageError, match="unknown --variants value 'int4'"):
+        config.ExportConfig(model_dir="r", variants=("int4",)).validate()
+    with pytest.raises(UsageError, match="--model_dir"):
+        config.ExportConfig().validate()
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "ruff")),
+    reason="ruff is not installed (requirements.txt installs it)")
+def test_the_tree_is_lint_clean():
+    ruff = shutil.which("ruff") or os.path.join(os.path.dirname(sys.executable), "ruff")
+    result = subprocess.run([ruff, "check", "."], capture_output=True, text=True, cwd=REPO,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
