@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from mobile_pirl_tf import backbones, batchnorm, cli, data, deploy, tflite  # noqa: E402
+from mobile_pirl_tf import backbones, batchnorm, cli, data, tflite  # noqa: E402
 
 PLAIN = {"mobilenetv2": "MobileNetV2", "mobilenetv3small": "MobileNetV3Small",
          "mobilenetv3large": "MobileNetV3Large", "efficientnetb0": "EfficientNetB0"}
@@ -65,7 +65,7 @@ def main(argv):
     size = FLAGS.image_size
     train, _ = data.folder_splits(FLAGS.eval_data_dir)
     source = data.folder_source(os.path.join(FLAGS.eval_data_dir, "train"))
-    calibration = deploy.sample_images(source, FLAGS.calibration_images, size)
+    calibration = data.sample_images(source, FLAGS.calibration_images, size)
     print(f"image_size={size} runs={FLAGS.runs} rounds={FLAGS.rounds} "
           f"calibration_images={len(calibration)}")
     for name in FLAGS.backbones:

@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 from absl import flags  # noqa: E402
 
-from mobile_pirl_tf import cli, data, deploy  # noqa: E402
+from mobile_pirl_tf import cli, data  # noqa: E402
 
 STORED = ("ReLU", "Activation", "Add", "Multiply", "BatchNormalization")
 
@@ -97,7 +97,7 @@ def main(_):
                   "benchmarks/export_accuracy.py first)")
             continue
         encoder = keras.models.load_model(path, compile=False)
-        images = deploy.sample_images(source, FLAGS.images, int(encoder.input.shape[1]))
+        images = data.sample_images(source, FLAGS.images, int(encoder.input.shape[1]))
         noise = relative_noise(encoder, images)
         rel = np.array([n for n, _ in noise])
         worst = ", ".join(f"{name} {n:.3f}" for n, name in sorted(noise, reverse=True)[:3])

@@ -6,6 +6,7 @@ momentum 0.999); a PIRL run's statistics are mixed from 64 px image views and 32
 patches. Re-estimating them on plain images sets them to what the encoder will see.
 """
 
+import contextlib
 import dataclasses
 
 import keras
@@ -29,6 +30,37 @@ def recalibrate_batchnorm(encoder, split, image_size, num_images=BN_RECALIBRATIO
     else:
         subset = dataclasses.replace(split, dataset=split.dataset.take(num_images))
     return recalibrate_batchnorm_on(encoder, data.split_images(subset, image_size, batch_size))
+
+
+def moving_statistics(model):
+    """The batch-norm moving mean and variance variables of a model."""
+    return [v for v in model.non_trainable_variables if "moving" in v.path]
+
+
+@contextlib.contextmanager
+def statistics_kept(model):
+    """Restores the model's batch-norm moving statistics on leaving the block."""
+    variables = moving_statistics(model)
+    saved = [v.numpy() for v in variables]
+    try:
+        yield
+    finally:
+        for v, value in zip(variables, saved):
+            v.assign(value)
+
+
+def recalibrate_on_source(encoder, source, num_images, seed=0, batch_size=128):
+    """Re-estimates the statistics on `num_images` centre crops of an unlabelled `data.Source`
+    (a seeded sample); returns the number of images used."""
+    size = int(encoder.input.shape[1])
+    images = data.sample_dataset(source, num_images, size, seed)
+    count = [0]
+
+    def counted(batch):
+        count[0] += int(batch.shape[0])
+        return batch
+    recalibrate_batchnorm_on(encoder, (counted(b) for b in images.batch(batch_size)))
+    return count[0]
 
 
 def recalibrate_batchnorm_on(encoder, batches):

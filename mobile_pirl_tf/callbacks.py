@@ -6,7 +6,7 @@ import time
 
 import keras
 
-from mobile_pirl_tf import backbones, data, features, probes
+from mobile_pirl_tf import backbones, batchnorm, data, features, probes
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -50,14 +50,9 @@ class KNNMonitor(keras.callbacks.Callback):
         started = time.time()
         encoder = backbones.build_encoder(self.model.backbone, self.image_size)
         # Recalibration must not leak into training: keep and restore the moving statistics.
-        moving = [v for v in encoder.non_trainable_variables if "moving" in v.path]
-        saved = [v.numpy() for v in moving]
-        try:
+        with batchnorm.statistics_kept(encoder):
             train_features, test_features = features.features_for(
                 encoder, "", self.train, self.test, self.image_size)
-        finally:
-            for v, value in zip(moving, saved):
-                v.assign(value)
         result = probes.evaluate_features("knn", train_features, self.train.labels, test_features,
                                    self.test.labels, len(self.train.classes))
         logs["knn_top1"] = result["top1"]

@@ -80,6 +80,9 @@ def config_from_flags(config_class, **overrides):
                                  f"{'an integer' if item is int else 'a ' + item.__name__}"
                                  ) from None
         values[field.name] = value
+    # A named recipe sets the fields it names, except those whose flag was given explicitly.
+    recipe = getattr(config_class, "RECIPES", {}).get(values.get("recipe"), {})
+    values.update({k: v for k, v in recipe.items() if not FLAGS[k].present})
     return config_class(**{**values, **overrides})
 
 

@@ -42,6 +42,7 @@ HEAD_KINDS = ("linear", "mlp")
 LOSSES = ("nce", "infonce")
 STRATEGIES = ("default", "mirrored")
 VARIANTS = ("float32", "float16", "dynamic", "int8", "qat_int8")
+PHOTOMETRIC_KINDS = ("vissl", "one_of")
 INT8_IO = ("uint8", "int8")
 
 
@@ -97,6 +98,10 @@ class TransformParams:
     blur_p: float = flag(0.5, "blur: probability of blurring.")
     blur_sigma_max: float = flag(2.0, "blur: largest sigma at 224 px (scaled with the image "
                                  "size).")
+    photometric: str = flag("vissl", "The random photometric step of the views' augmentation: "
+                            "vissl (PIRL's: with p=0.66 posterize, sharpness, solarize and "
+                            "autocontrast in sequence, random strengths) or one_of (one of the "
+                            "four, fixed strengths).", PHOTOMETRIC_KINDS)
 
     def validate(self):
         check([(0 < self.view_min_scale <= 1, "--view_min_scale must be in (0, 1]"),
@@ -105,7 +110,9 @@ class TransformParams:
                (self.color_strength >= 0, "--color_strength must be >= 0"),
                (self.noise_std >= 0, "--noise_std must be >= 0"),
                (0 <= self.blur_p <= 1, "--blur_p must be in [0, 1]"),
-               (self.blur_sigma_max >= 0.1, "--blur_sigma_max must be >= 0.1")])
+               (self.blur_sigma_max >= 0.1, "--blur_sigma_max must be >= 0.1"),
+               (self.photometric in PHOTOMETRIC_KINDS,
+                f"--photometric must be one of {', '.join(PHOTOMETRIC_KINDS)}")])
         return self
 
 
@@ -137,19 +144,24 @@ class TrainConfig(DataConfig):
     noise_std: float = _same_as(TransformParams, "noise_std")
     blur_p: float = _same_as(TransformParams, "blur_p")
     blur_sigma_max: float = _same_as(TransformParams, "blur_sigma_max")
+    photometric: str = _same_as(TransformParams, "photometric")
     head: str = flag("linear", "Projection heads f and g.", HEAD_KINDS)
     embedding_dim: int = flag(128, "Embedding / memory-bank dimension.")
-    loss: str = flag("nce", "NCE (the paper) or InfoNCE.", LOSSES)
-    num_negatives: int = flag(32000, "Negatives per term, capped by the data set size minus one.")
-    shared_negatives: bool = flag(False, "Draw one set of negatives per batch (a matmul) instead "
+    recipe: str = flag("default", "default: the best recipe measured (RESULTS.md); paper: the "
+                       "PIRL paper's (NCE, tau 0.07, 32,000 per-example negatives, LR 0.03 per "
+                       "256, batch 256). A flag given explicitly overrides the recipe.",
+                       ("default", "paper"))
+    loss: str = flag("infonce", "InfoNCE (default) or NCE (the paper).", LOSSES)
+    num_negatives: int = flag(4096, "Negatives per term, capped by the data set size minus one.")
+    shared_negatives: bool = flag(True, "Draw one set of negatives per batch (a matmul) instead "
                                   "of one per example (the paper; a gather of B x K rows).")
-    temperature: float = flag(0.07, "tau in s(u, v) = cos(u, v) / tau.")
+    temperature: float = flag(0.2, "tau in s(u, v) = cos(u, v) / tau.")
     pirl_lambda: float = flag(0.5, "Weight of the transformed-view term (Eq. 5).")
     bank_momentum: float = flag(0.5, "m <- normalize(b m + (1 - b) f(v_I)).")
     epochs: int = flag(200, "Total epochs (a rerun resumes up to this).")
-    batch_size: int = flag(256, "Global batch size (over all replicas).")
+    batch_size: int = flag(64, "Global batch size (over all replicas).")
     steps_per_epoch: Optional[int] = flag(None, "Optional cap on steps per epoch.")
-    learning_rate: float = flag(0.03, "SGD learning rate per 256 images (scaled by batch_size / "
+    learning_rate: float = flag(0.06, "SGD learning rate per 256 images (scaled by batch_size / "
                                 "256), cosine decay to 1/1000.")
     momentum: float = flag(0.9, "SGD momentum.")
     weight_decay: float = flag(1e-4, "L2 on kernels (not batch-norm or bias).")
@@ -162,19 +174,33 @@ class TrainConfig(DataConfig):
     monitor_every: int = flag(1, "Run the kNN probe every N epochs.")
     verbose: Optional[int] = flag(None, "Keras progress output: 0 silent, 1 bar, 2 a line per "
                                   "epoch (default: a bar on a terminal, else lines).")
+    bn_recalibration_images: int = flag(2560, "At the end of training, re-estimate the "
+                                        "encoder's batch-norm statistics on this many training "
+                                        "images (centre crops, as the encoder sees them at "
+                                        "inference); 0 keeps the statistics of training (mixed "
+                                        "from image views and jigsaw patches).")
+
+    # The settings `--recipe` names (fields given explicitly keep their value).
+    RECIPES = {
+        "default": {},
+        "paper": {"loss": "nce", "temperature": 0.07, "num_negatives": 32000,
+                  "shared_negatives": False, "learning_rate": 0.03, "batch_size": 256},
+    }
 
     # Fields that may change between a run and its resumption.
-    RESUMABLE = ("epochs", "model_dir", "verbose", "monitor_data_dir", "monitor_every")
+    RESUMABLE = ("epochs", "model_dir", "verbose", "monitor_data_dir", "monitor_every",
+                 "bn_recalibration_images")
     HELP_GROUPS = {
         "Data": ("dataset", "data_dir", "tfds_data_dir", "tfds_manual_dir"),
         "Model": ("backbone", "image_size", "width", "head", "embedding_dim"),
         "Pretext transformations": ("transforms",) + tuple(
             f.name for f in dataclasses.fields(TransformParams)),
-        "Memory bank and loss": ("loss", "num_negatives", "shared_negatives", "temperature",
-                                 "pirl_lambda", "bank_momentum"),
+        "Memory bank and loss": ("recipe", "loss", "num_negatives", "shared_negatives",
+                                 "temperature", "pirl_lambda", "bank_momentum"),
         "Optimisation": ("epochs", "batch_size", "steps_per_epoch", "learning_rate", "momentum",
                          "weight_decay", "seed"),
-        "Run": ("model_dir", "strategy", "monitor_data_dir", "monitor_every", "verbose"),
+        "Run": ("model_dir", "strategy", "monitor_data_dir", "monitor_every", "verbose",
+                "bn_recalibration_images"),
     }
 
     def validate(self):
@@ -196,8 +222,17 @@ class TrainConfig(DataConfig):
             (0 <= self.bank_momentum < 1, "--bank_momentum must be in [0, 1)"),
             (self.learning_rate > 0, "--learning_rate must be positive"),
             (self.embedding_dim >= 1, "--embedding_dim must be positive"),
+            (self.recipe in self.RECIPES, f"--recipe must be one of {', '.join(self.RECIPES)}"),
+            (self.bn_recalibration_images >= 0, "--bn_recalibration_images must be >= 0"),
         ])
         return self
+
+    @classmethod
+    def from_recipe(cls, recipe="default", **fields):
+        """The configuration of a named recipe (`RECIPES`), with `fields` overriding it."""
+        if recipe not in cls.RECIPES:
+            raise UsageError(f"--recipe must be one of {', '.join(cls.RECIPES)}, got {recipe!r}")
+        return cls(**{**cls.RECIPES[recipe], "recipe": recipe, **fields})
 
     def transform_names(self):
         return parse_transforms(self.transforms)

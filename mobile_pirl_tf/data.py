@@ -244,3 +244,24 @@ def split_images(split, image_size, batch_size=128):
     keys, decode = split_keys(split)
     return keys.map(lambda key: centre_crop(decode(key), image_size),
                       num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+
+
+def sample_images(source, count, image_size, seed=0, skip=0):
+    """`count` centre-cropped float images [count, S, S, 3] of a data source, after skipping the
+    first `skip` of a seeded order (so two calls with different `skip` do not overlap)."""
+    images = list(sample_dataset(source, count, image_size, seed, skip).as_numpy_iterator())
+    return np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.float32)
+
+
+def sample_dataset(source, count, image_size, seed=0, skip=0):
+    """The images of `sample_images` as a tf.data.Dataset (unbatched, in order)."""
+    if source.paths is not None:
+        order = np.random.default_rng(seed).permutation(len(source.paths))[skip:skip + count]
+        keys = tf.data.Dataset.from_tensor_slices(
+            tf.constant([source.paths[i] for i in order], tf.string))
+    else:
+        keys = source.keys.shuffle(min(source.num_examples, 10_000), seed=seed,
+                                   reshuffle_each_iteration=False).skip(skip).take(count)
+    images = keys.map(lambda k: centre_crop(source.decode(k), image_size),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return images.ignore_errors()

@@ -18,7 +18,6 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from mobile_pirl_tf import UsageError, batchnorm, data, probes, tflite
 from mobile_pirl_tf.agreement import agreement, feature_scale, feature_spread
@@ -29,21 +28,6 @@ MIN_COSINE = {"float32": 0.9999, "float16": 0.999, "dynamic": 0.99, "int8": 0.90
               "qat_int8": 0.90}
 MIN_CALIBRATION_IMAGES = 200
 LOW_FEATURE_SPREAD = 1e-2
-
-
-def sample_images(source, count, image_size, seed=0, skip=0):
-    """`count` centre-cropped float images [count, S, S, 3] of a data source, after skipping the
-    first `skip` of a seeded order (so two calls with different `skip` do not overlap)."""
-    if source.paths is not None:
-        order = np.random.default_rng(seed).permutation(len(source.paths))[skip:skip + count]
-        keys = tf.data.Dataset.from_tensor_slices(
-            tf.constant([source.paths[i] for i in order], tf.string))
-    else:
-        keys = source.keys.shuffle(min(source.num_examples, 10_000), seed=seed,
-                                   reshuffle_each_iteration=False).skip(skip).take(count)
-    images = keys.map(lambda k: data.centre_crop(source.decode(k), image_size))
-    images = list(images.ignore_errors().as_numpy_iterator())
-    return np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.float32)
 
 
 def probe(features_fn, train, test, image_size, seed=0):
@@ -69,20 +53,18 @@ def export_encoder(encoder, out_dir, source, config: ExportConfig, probe_splits=
     variants, seed, threads = c.variants, c.seed, tuple(c.threads)
     size = int(encoder.input.shape[1])
     if c.recalibrate_bn_images:
-        images = sample_images(source, c.recalibrate_bn_images, size, seed + 1)
-        batchnorm.recalibrate_batchnorm_on(
-            encoder, (images[i:i + 128] for i in range(0, len(images), 128)))
+        batchnorm.recalibrate_on_source(encoder, source, c.recalibrate_bn_images, seed + 1)
     needs_images = any(v in ("int8", "qat_int8") for v in variants)
     calibration = np.zeros((0, size, size, 3), np.float32)
     if needs_images:
-        calibration = sample_images(source, c.calibration_images, size, seed)
+        calibration = data.sample_images(source, c.calibration_images, size, seed)
         if len(calibration) < min(MIN_CALIBRATION_IMAGES, c.calibration_images):
             raise UsageError(f"int8 calibration needs at least {MIN_CALIBRATION_IMAGES} images; "
                              f"{source.name} gave {len(calibration)}; point the data flags at a "
                              "larger set (or pass a smaller --calibration_images to accept it)")
-    held_out = sample_images(source, c.agreement_images, size, seed, skip=len(calibration))
+    held_out = data.sample_images(source, c.agreement_images, size, seed, skip=len(calibration))
     if len(held_out) == 0:
-        held_out = sample_images(source, c.agreement_images, size, seed)
+        held_out = data.sample_images(source, c.agreement_images, size, seed)
     reference = np.asarray(encoder.predict(held_out, verbose=0, batch_size=32))
     spread = feature_spread(reference)
     if spread < LOW_FEATURE_SPREAD:
@@ -91,7 +73,7 @@ def export_encoder(encoder, out_dir, source, config: ExportConfig, probe_splits=
             f"re-estimate them with --recalibrate_bn_images=2560")
 
     def qat_training_images():  # after the calibration and agreement images, disjoint from both
-        images = sample_images(source, c.qat_images, size, seed,
+        images = data.sample_images(source, c.qat_images, size, seed,
                                skip=len(calibration) + len(held_out))
         return np.concatenate([calibration, images]) if len(images) else calibration
 

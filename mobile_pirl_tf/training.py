@@ -5,8 +5,11 @@
     config.json        the configuration (a different one is refused, never overwritten)
     checkpoints/       tf.train checkpoints, one per epoch: weights, optimizer, memory bank, epoch
     logs/              TensorBoard: each loss term, learning rate, bank statistics
-    encoder.keras      the backbone alone (no heads), input [image_size, image_size, 3] pixels
-    run.json           flags, epochs done, final loss terms, wall time
+    encoder.keras      the backbone alone (no heads), input [image_size, image_size, 3] pixels,
+                       its batch-norm statistics re-estimated on centre crops of training images
+                       (`--bn_recalibration_images`): the encoder to evaluate and to ship
+    run.json           flags, epochs done, loss terms per epoch (over every invocation), wall
+                       time, how the encoder's batch-norm statistics were set
 """
 
 import dataclasses
@@ -19,7 +22,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, backbones, callbacks, data, pipeline, pirl
+from mobile_pirl_tf import UsageError, backbones, batchnorm, callbacks, data, pipeline, pirl
 from mobile_pirl_tf.config import TrainConfig
 
 
@@ -173,11 +176,19 @@ def train(config: TrainConfig, backbone_fn=None):
         history_logs = {k: [float(x) for x in v] for k, v in history.history.items()}
 
     encoder = backbones.build_encoder(model.backbone, config.image_size)
+    # What is shipped is what is evaluated: the statistics of plain views of training images,
+    # not those of training (mixed from image views and jigsaw patches).
+    bn_images = (batchnorm.recalibrate_on_source(encoder, source, config.bn_recalibration_images,
+                                                 seed=config.seed)
+                 if config.bn_recalibration_images else 0)
     encoder_path = os.path.join(config.model_dir, "encoder.keras")
     tmp_path = os.path.join(config.model_dir, "encoder.tmp.keras")
     encoder.save(tmp_path)
     os.replace(tmp_path, encoder_path)
 
+    previous = _previous_run(config.model_dir)
+    history = {k: previous.get("history", {}).get(k, [])[:initial_epoch] + v
+               for k, v in history_logs.items()} or previous.get("history", {})
     summary = {
         "config": dataclasses.asdict(config),
         "num_examples": source.num_examples,
@@ -187,18 +198,21 @@ def train(config: TrainConfig, backbone_fn=None):
         "epochs_done": int(epoch_variable.numpy()),
         "resumed_from_epoch": initial_epoch,
         "final": ({k: v[-1] for k, v in history_logs.items()} if history_logs
-                  else _previous_final(config.model_dir)),
-        "history": history_logs,
+                  else previous.get("final", {})),
+        "history": history,
         "wall_time_seconds": round(time.time() - started, 2),
         "encoder": encoder_path,
+        "encoder_bn_statistics": ({"source": "training images, centre crops", "images": bn_images}
+                                  if bn_images else {"source": "training (not re-estimated)"}),
     }
     _write_json(os.path.join(config.model_dir, "run.json"), summary)
     return summary
 
 
-def _previous_final(model_dir):
+def _previous_run(model_dir):
+    """The run.json of an earlier invocation ({} when there is none)."""
     path = os.path.join(model_dir, "run.json")
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f).get("final", {})
+            return json.load(f)
     return {}

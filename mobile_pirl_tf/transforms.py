@@ -97,7 +97,7 @@ def jigsaw_patches(crop, geometry, seed):
     return patches, permutation
 
 
-def jigsaw_view(image, image_size, seed):
+def jigsaw_view(image, image_size, seed, photometric="vissl"):
     """The jigsaw v_I^t: a random-resized crop (scale 0.6-1) to 255/224 of the image size, cut
     into 9 shuffled patches (`jigsaw_patches`), each with its own photometric augmentation.
 
@@ -109,7 +109,7 @@ def jigsaw_view(image, image_size, seed):
     s = augment.split(seed, 2 + NUM_PATCHES)
     crop = augment.random_resized_crop(augment.to_unit_float(image), geom.crop, (0.6, 1.0), s[0])
     patches, permutation = jigsaw_patches(crop, geom, s[1])
-    patches = tf.stack([augment.photometric_augment(patches[k], s[2 + k])
+    patches = tf.stack([augment.photometric_augment(patches[k], s[2 + k], photometric)
                         for k in range(NUM_PATCHES)])
     return patches * 255.0, permutation
 
@@ -232,7 +232,7 @@ def transformed_view(image, image_size, names, seed, params=TransformParams()):
         for name, s in zip(before, seeds[:at]):
             x = apply(name, x, s, params)
         image = x * 255.0
-    patches, _ = jigsaw_view(image, image_size, seeds[at])
+    patches, _ = jigsaw_view(image, image_size, seeds[at], params.photometric)
     patches = patches / 255.0
     for name, s in zip(after, seeds[at + 1:]):
         if name in PER_VIEW_AFTER_JIGSAW:

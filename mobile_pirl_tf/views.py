@@ -16,19 +16,20 @@ from mobile_pirl_tf import augment, transforms
 from mobile_pirl_tf.config import TransformParams
 
 
-def image_view(image, image_size, seed, min_scale=0.08):
+def image_view(image, image_size, seed, min_scale=0.08, photometric="vissl"):
     """v_I: random-resized crop (scale min_scale-1) + photometric augmentation, [S, S, 3] in
     [0, 255]."""
     s = augment.split(seed, 2)
     x = augment.random_resized_crop(augment.to_unit_float(image), image_size, (min_scale, 1.0),
                                     s[0])
-    return augment.photometric_augment(x, s[1]) * 255.0
+    return augment.photometric_augment(x, s[1], photometric) * 255.0
 
 
 def pirl_views(image, index, seed, image_size, names=("jigsaw",), params=TransformParams()):
     """One training element: {"image": v_I, "patches" or "transformed": v_I^t, "index": i}."""
     image_seed, transformed_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     key = "patches" if transforms.ends_in_patches(names) else "transformed"
-    return {"image": image_view(image, image_size, image_seed, params.view_min_scale),
+    return {"image": image_view(image, image_size, image_seed, params.view_min_scale,
+                                params.photometric),
             key: transforms.transformed_view(image, image_size, names, transformed_seed, params),
             "index": index}

@@ -90,3 +90,23 @@ def test_the_tree_is_lint_clean():
     result = subprocess.run([ruff, "check", "."], capture_output=True, text=True, cwd=REPO,
                             timeout=120)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_recipe_paper_sets_the_papers_values_and_explicit_flags_win():
+    code = ("from absl import flags; from mobile_pirl_tf import cli, config; "
+            "cli.define_flags(config.TrainConfig); "
+            "flags.FLAGS(['x', '--recipe=paper', '--temperature=0.1']); "
+            "c = cli.config_from_flags(config.TrainConfig).validate(); "
+            "print(c.recipe, c.loss, c.temperature, c.num_negatives, c.shared_negatives, "
+            "c.learning_rate, c.batch_size)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=REPO)
+    assert result.stdout.split() == ["paper", "nce", "0.1", "32000", "False", "0.03", "256"]
+    paper = config.TrainConfig.from_recipe("paper")
+    assert (paper.loss, paper.temperature, paper.num_negatives, paper.shared_negatives) == (
+        "nce", 0.07, 32000, False)
+    default = config.TrainConfig().validate()
+    assert (default.loss, default.temperature, default.shared_negatives) == (
+        "infonce", 0.2, True)
+    with pytest.raises(UsageError, match="--recipe"):
+        config.TrainConfig.from_recipe("simclr")

@@ -133,7 +133,7 @@ def test_stale_batchnorm_is_flagged_and_recalibration_fixes_it(tmp_path, labelle
 
 def test_int8_io_type_is_selectable(mobilenetv3_export, labelled_folder):
     encoder, _, _ = mobilenetv3_export
-    images = deploy.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
+    images = data.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
                                   12, SIZE)
     for io_type, dtype in (("uint8", np.uint8), ("int8", np.int8)):
         flatbuffer = tflite.convert(encoder, "int8", images, io_type)
@@ -148,7 +148,7 @@ def test_tf_keras_twin_reproduces_the_encoder(name, labelled_folder):
     from mobile_pirl_tf import qat
 
     encoder = trained_like_encoder(name, labelled_folder)
-    images = deploy.sample_images(data.folder_source(os.path.join(labelled_folder, "test")), 6,
+    images = data.sample_images(data.folder_source(os.path.join(labelled_folder, "test")), 6,
                                   SIZE)
     twin = qat.twin(encoder, name)
     # Relative to the largest feature: float32 rounding differs between Keras 3 and tf_keras
@@ -170,7 +170,7 @@ def test_qat_starts_where_post_training_int8_is(labelled_folder):
 
     name = "mnasnet_a1"  # squeeze-excite Multiply, Normalization on the pixels
     encoder = trained_like_encoder(name, labelled_folder)
-    images = deploy.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
+    images = data.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
                                   16, SIZE)
     twin = qat.twin(encoder, name)
     model = qat.quantize_aware(twin)
@@ -269,7 +269,7 @@ def test_op_counts_count_every_op():
 def test_qat_runs_one_epoch_and_converts(name, labelled_folder):
     encoder = trained_like_encoder(name, labelled_folder)
     source = data.folder_source(os.path.join(labelled_folder, "train"))
-    images = deploy.sample_images(source, 16, SIZE)
+    images = data.sample_images(source, 16, SIZE)
     model, info = deploy.quantization_aware(encoder, name, 1.0, images, images, epochs=1,
                                             learning_rate=1e-4, seed=0)
     assert info["qat_epochs"] == 1 and len(info["qat_distillation_loss"]) == 1
@@ -389,3 +389,26 @@ def test_phone_script_reports_missing_adb_and_missing_device(phone_setup):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: no Android device connected")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_export_of_a_just_trained_encoder_agrees_in_float16(image_folder, tmp_path):
+    """train.py's encoder is the one to ship: after two epochs its batch-norm statistics are
+    re-estimated on plain views, so `to_tflite.py --model_dir=RUN` alone exports float16 that
+    agrees with Keras (with the statistics of training the features barely differ between
+    images and float16 rounding erases the differences)."""
+    from mobile_pirl_tf import training
+
+    run_dir = str(tmp_path / "run")
+    training.train(config.TrainConfig(backbone="mobilenetv2", image_size=32, batch_size=8,
+                                      epochs=2, data_dir=image_folder, model_dir=run_dir,
+                                      verbose=0))
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "export", "to_tflite.py"), f"--model_dir={run_dir}",
+         "--variants=float32,float16", "--latency_runs=2", "--threads=1"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(run_dir, "export", "report.json")) as f:
+        report = json.load(f)
+    assert report["variants"]["float16"]["centred_cosine_mean"] >= 0.999
+    assert report["feature_spread"] >= deploy.LOW_FEATURE_SPREAD

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO
 
-from mobile_pirl_tf import UsageError, training
+from mobile_pirl_tf import UsageError, backbones, batchnorm, training
 
 
 def cfg(model_dir, data_dir, **overrides):
@@ -46,6 +46,24 @@ def test_two_epochs_write_checkpoint_encoder_and_run_json(two_epoch_run):
     assert os.listdir(os.path.join(model_dir, "logs", "train"))  # TensorBoard events
 
 
+def test_encoder_statistics_are_reestimated_and_the_weights_kept(two_epoch_run, image_folder):
+    """The encoder written is the trained backbone with its batch-norm statistics re-estimated on
+    centre crops of the training images (recorded in run.json); its weights are the trained
+    ones, and the checkpoint keeps the statistics of training."""
+    model_dir, summary = two_epoch_run
+    assert summary["encoder_bn_statistics"] == {"source": "training images, centre crops",
+                                                "images": 32}
+    written = keras.models.load_model(os.path.join(model_dir, "encoder.keras"))
+    model, _, _ = training.open_run(cfg(model_dir, image_folder), 32, 4,
+                                    tf.distribute.get_strategy())
+    trained = backbones.build_encoder(model.backbone, 32)
+    for a, b in zip(trained.trainable_weights, written.trainable_weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    moving = [(a.numpy(), b.numpy()) for a, b in zip(batchnorm.moving_statistics(trained),
+                                                     batchnorm.moving_statistics(written))]
+    assert moving and not all(np.allclose(a, b) for a, b in moving)
+
+
 def test_rerun_resumes_at_epoch_two_with_the_bank_restored(two_epoch_run, image_folder):
     model_dir, first = two_epoch_run
     config = cfg(model_dir, image_folder, epochs=3)
@@ -61,7 +79,9 @@ def test_rerun_resumes_at_epoch_two_with_the_bank_restored(two_epoch_run, image_
 
     summary = training.train(config)
     assert summary["resumed_from_epoch"] == 2 and summary["epochs_done"] == 3
-    assert len(summary["history"]["loss"]) == 1
+    # run.json keeps the loss terms of every epoch, across invocations.
+    assert summary["history"]["loss"][:2] == first["history"]["loss"]
+    assert len(summary["history"]["loss"]) == 3
 
 
 def test_other_configuration_is_refused_and_nothing_is_overwritten(two_epoch_run, image_folder):

@@ -104,3 +104,42 @@ def test_image_view_min_scale_reaches_the_crop(monkeypatch):
     assert seen == [(0.5, 1.0)]
     with pytest.raises(UsageError, match="view_min_scale"):
         transforms.TransformParams(view_min_scale=0.0).validate()
+
+
+@pytest.mark.parametrize("bits,factor,threshold", [(8, 1.0, 256), (4, 0.1, 128), (5, 1.9, 0),
+                                                   (6, 0.73, 200), (7, 1.31, 17)])
+def test_vissl_photometric_matches_pil(bits, factor, threshold):
+    """VISSL's chain (posterize, sharpness, solarize, autocontrast with PIL's ImageOps /
+    ImageEnhance) on a fixed 8-bit image, reproduced exactly by the TF op."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    rng = np.random.default_rng(0)
+    u8 = np.clip(rng.normal(120, 50, (20, 24, 3)) + np.linspace(0, 60, 24)[None, :, None],
+                 0, 255).astype(np.uint8)
+    pil = Image.fromarray(u8)
+    pil = ImageOps.posterize(pil, bits)
+    pil = ImageEnhance.Sharpness(pil).enhance(factor)
+    pil = ImageOps.solarize(pil, threshold)
+    expected = np.asarray(ImageOps.autocontrast(pil), np.float32)
+    got = augment.vissl_photometric(tf.constant(u8 / 255.0, tf.float32), bits, factor, threshold)
+    np.testing.assert_array_equal(np.round(got.numpy() * 255.0), expected)
+
+
+def test_vissl_photometric_draws_like_vissl_and_applies_with_p():
+    """Parameters drawn in VISSL's ranges (posterize 4-8 bits, sharpness 0.1-1.9, solarize 0-256,
+    closed integer intervals), the step applied to about 66 % of images, all four at once."""
+    draws = [augment.vissl_photometric_parameters(_seed(s)) for s in range(300)]
+    bits = {int(b) for b, _, _ in draws}
+    factors = [float(f) for _, f, _ in draws]
+    thresholds = [int(t) for _, _, t in draws]
+    assert bits == {4, 5, 6, 7, 8}
+    assert 0.1 <= min(factors) < 0.2 and 1.8 < max(factors) < 1.9
+    assert 0 <= min(thresholds) < 10 and 246 < max(thresholds) <= 256
+    image = tf.constant(np.random.default_rng(1).uniform(0.2, 0.6, (16, 16, 3)), tf.float32)
+    changed = [not np.allclose(augment.random_photometric(image, _seed(s)).numpy(), image.numpy())
+               for s in range(200)]
+    assert 0.55 < np.mean(changed) < 0.77
+    one_of = augment.random_photometric(image, _seed(3), kind="one_of")
+    assert one_of.shape == image.shape
+    with pytest.raises(ValueError, match="photometric kind"):
+        augment.random_photometric(image, _seed(3), kind="all")
