@@ -61,10 +61,23 @@ def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, cfg)
     return encoder, path
 
 
+def _evaluate(encoder, path, train, test, protocol, output_dir, cfg, label):
+    """One protocol's report, with the protocol's batch-norm handling (`probes.protocol_bn_images`)
+    unless --bn_recalibration_images overrides it."""
+    from mobile_pirl_tf import probes
+
+    if cfg.bn_recalibration_images is None:
+        bn_images, suffix = probes.protocol_bn_images(path, label), ""
+    else:
+        bn_images, suffix = cfg.bn_recalibration_images, f"_bn{cfg.bn_recalibration_images}"
+    return probes.evaluate_encoder(encoder, path, train, test, protocol, output_dir, cfg.seed,
+                                   label=label, bn_images=bn_images, file_suffix=suffix)
+
+
 def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir, cfg):
     """Random-init (computed when missing) and supervised (when asked or present) rows, for the
     backbone named in the run's config.json."""
-    from mobile_pirl_tf import backbones, probes
+    from mobile_pirl_tf import backbones
 
     config_path = os.path.join(os.path.dirname(os.path.abspath(encoder_path)), "config.json")
     if not os.path.exists(config_path):
@@ -87,8 +100,7 @@ def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir, 
             base_encoder, path = _baseline_encoder(
                 kind, run_config["backbone"], backbones.encoder_image_size(encoder),
                 run_config.get("width", 1.0), train, base_dir, cfg)
-        reports.append(probes.evaluate_encoder(base_encoder, path, train, test, protocol,
-                                               base_dir, cfg.seed, label=kind))
+        reports.append(_evaluate(base_encoder, path, train, test, protocol, base_dir, cfg, kind))
     return reports
 
 
@@ -114,8 +126,7 @@ def main(argv):
 
     reports = []
     for protocol in cfg.protocol:
-        reports.append(probes.evaluate_encoder(encoder, path, train, test, protocol, output_dir,
-                                               cfg.seed, label=label))
+        reports.append(_evaluate(encoder, path, train, test, protocol, output_dir, cfg, label))
         if not cfg.baseline:
             reports += _baseline_reports(encoder, path, train, test, protocol, output_dir, cfg)
     print(probes.format_table(reports))

@@ -135,7 +135,8 @@ def main(argv):
             for protocol in ("linear", "knn"):
                 report = probes.evaluate_encoder(encoder, path, train, test, protocol,
                                                  os.path.dirname(path), FLAGS.seed,
-                                                 label=label, bn_images=bn_images)
+                                                 label=label, bn_images=bn_images,
+                                                 file_suffix=f"_bn{bn_images}")
                 reports.append(report)
     print(probes.format_table(reports))
     for bn_images in (batchnorm.BN_RECALIBRATION_IMAGES, 0):

@@ -132,8 +132,10 @@ def random_photometric(x, seed, p=0.66, kind="vissl"):
     """With probability p, the photometric step of `kind` (module docstring)."""
     if kind == "vissl":
         apply_seed, parameter_seed = split(seed, 2)
-        enhanced = vissl_photometric(x, *vissl_photometric_parameters(parameter_seed))
-        return tf.where(uniform(apply_seed) < p, enhanced, x)
+        parameters = vissl_photometric_parameters(parameter_seed)
+        # tf.cond: the four ops are computed only for the images they apply to.
+        return tf.cond(uniform(apply_seed) < p, lambda: vissl_photometric(x, *parameters),
+                       lambda: x)
     if kind != "one_of":
         raise ValueError(f"photometric kind must be one of {PHOTOMETRIC_KINDS}, got {kind!r}")
     s = split(seed, 3)

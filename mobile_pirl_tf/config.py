@@ -43,6 +43,7 @@ LOSSES = ("nce", "infonce")
 STRATEGIES = ("default", "mirrored")
 VARIANTS = ("float32", "float16", "dynamic", "int8", "qat_int8")
 PHOTOMETRIC_KINDS = ("vissl", "one_of")
+MIXED_PRECISION = ("none", "float16", "bfloat16")
 INT8_IO = ("uint8", "int8")
 
 
@@ -179,6 +180,10 @@ class TrainConfig(DataConfig):
                                         "images (centre crops, as the encoder sees them at "
                                         "inference); 0 keeps the statistics of training (mixed "
                                         "from image views and jigsaw patches).")
+    mixed_precision: str = flag("none", "Train the backbone in mixed float16 (GPUs; with loss "
+                                "scaling) or bfloat16 (TPUs, recent GPUs); heads, bank, logits "
+                                "and loss stay float32 and the encoder is written in float32. "
+                                "Slower on CPUs (BUILD.md).", MIXED_PRECISION)
 
     # The settings `--recipe` names (fields given explicitly keep their value).
     RECIPES = {
@@ -198,7 +203,7 @@ class TrainConfig(DataConfig):
         "Memory bank and loss": ("recipe", "loss", "num_negatives", "shared_negatives",
                                  "temperature", "pirl_lambda", "bank_momentum"),
         "Optimisation": ("epochs", "batch_size", "steps_per_epoch", "learning_rate", "momentum",
-                         "weight_decay", "seed"),
+                         "weight_decay", "seed", "mixed_precision"),
         "Run": ("model_dir", "strategy", "monitor_data_dir", "monitor_every", "verbose",
                 "bn_recalibration_images"),
     }
@@ -224,6 +229,8 @@ class TrainConfig(DataConfig):
             (self.embedding_dim >= 1, "--embedding_dim must be positive"),
             (self.recipe in self.RECIPES, f"--recipe must be one of {', '.join(self.RECIPES)}"),
             (self.bn_recalibration_images >= 0, "--bn_recalibration_images must be >= 0"),
+            (self.mixed_precision in MIXED_PRECISION,
+             f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
         ])
         return self
 
@@ -369,12 +376,17 @@ class EvalConfig:
     supervised_minutes: float = flag(0.0, "Supervised baseline time budget in minutes.")
     supervised_batch_size: int = flag(64, "Supervised baseline batch size.")
     seed: int = flag(0, "Seed for baselines and the linear probe.")
+    bn_recalibration_images: Optional[int] = flag(
+        None, "Re-estimate every encoder's batch-norm statistics on this many train images "
+        "before extracting features (0: evaluate every encoder as it is). Default, the "
+        "protocol: a train.py encoder (statistics already re-estimated on plain views) as it "
+        "is, random-init and supervised baselines re-estimated on 2,560 images.")
 
     HELP_GROUPS = {
         "What to evaluate": ("model_dir", "encoder", "baseline", "backbone", "image_size",
                              "width"),
         "Labelled data": ("dataset", "data_dir", "tfds_data_dir"),
-        "Protocol": ("protocol", "output_dir", "seed"),
+        "Protocol": ("protocol", "output_dir", "seed", "bn_recalibration_images"),
         "Supervised baseline": ("supervised_epochs", "supervised_minutes",
                                 "supervised_batch_size"),
     }
@@ -382,7 +394,9 @@ class EvalConfig:
     def validate(self):
         unknown = [p for p in self.protocol if p not in PROTOCOLS]
         check([(not unknown, f"--protocol must be among {', '.join(PROTOCOLS)}, got "
-                             f"{unknown[0]!r}" if unknown else "")])
+                             f"{unknown[0]!r}" if unknown else ""),
+               (self.bn_recalibration_images is None or self.bn_recalibration_images >= 0,
+                "--bn_recalibration_images must be >= 0")])
         if self.baseline:
             missing = [f"--{n}" for n in ("backbone", "image_size", "output_dir")
                        if not getattr(self, n)]

@@ -17,14 +17,14 @@ from mobile_pirl_tf.config import HEAD_KINDS
 MLP_HIDDEN = 2048
 
 
-def projection(embedding_dim, kind, name):
+def projection(embedding_dim, kind, name, dtype=None):
     """Linear(d -> embedding_dim), or the MLP d -> 2048 -> ReLU -> embedding_dim."""
     if kind == "linear":
-        return keras.layers.Dense(embedding_dim, name=name)
+        return keras.layers.Dense(embedding_dim, name=name, dtype=dtype)
     if kind == "mlp":
         return keras.Sequential([
-            keras.layers.Dense(MLP_HIDDEN, activation="relu", name=f"{name}_hidden"),
-            keras.layers.Dense(embedding_dim, name=f"{name}_out"),
+            keras.layers.Dense(MLP_HIDDEN, activation="relu", name=f"{name}_hidden", dtype=dtype),
+            keras.layers.Dense(embedding_dim, name=f"{name}_out", dtype=dtype),
         ], name=name)
     raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {kind!r}")
 
@@ -36,8 +36,9 @@ class ImageHead(keras.layers.Layer):
     def __init__(self, embedding_dim=128, kind="linear", **kwargs):
         super().__init__(**kwargs)
         self.embedding_dim, self.kind = embedding_dim, kind
-        self.project = projection(embedding_dim, kind, "f")
-        self.normalize = keras.layers.UnitNormalization(axis=-1)
+        # Sub-layers take the head's dtype policy (float32 inside a mixed-precision model).
+        self.project = projection(embedding_dim, kind, "f", self.dtype_policy)
+        self.normalize = keras.layers.UnitNormalization(axis=-1, dtype=self.dtype_policy)
 
     def call(self, features):
         return self.normalize(self.project(features))
@@ -53,9 +54,9 @@ class JigsawHead(keras.layers.Layer):
     def __init__(self, embedding_dim=128, kind="linear", **kwargs):
         super().__init__(**kwargs)
         self.embedding_dim, self.kind = embedding_dim, kind
-        self.per_patch = projection(embedding_dim, kind, "g_patch")
-        self.fuse = keras.layers.Dense(embedding_dim, name="g_fuse")
-        self.normalize = keras.layers.UnitNormalization(axis=-1)
+        self.per_patch = projection(embedding_dim, kind, "g_patch", self.dtype_policy)
+        self.fuse = keras.layers.Dense(embedding_dim, name="g_fuse", dtype=self.dtype_policy)
+        self.normalize = keras.layers.UnitNormalization(axis=-1, dtype=self.dtype_policy)
 
     def call(self, patch_features):
         per_patch = self.per_patch(patch_features)                     # [B, P, 128]

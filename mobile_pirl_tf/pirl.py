@@ -34,15 +34,20 @@ class PIRL(keras.Model):
         if num_examples < 2:
             raise ValueError(f"PIRL needs at least 2 training examples, got {num_examples}")
         self.backbone = backbone
-        self.image_head = heads.ImageHead(embedding_dim, head, name="f")
+        # Heads and bank in float32 under a mixed-precision policy: embeddings, logits and the
+        # loss stay float32 whatever the backbone computes in.
+        self.image_head = heads.ImageHead(embedding_dim, head, name="f", dtype="float32")
         if transformed not in TRANSFORMED_KINDS:
             raise ValueError(f"transformed must be one of {TRANSFORMED_KINDS}, got {transformed!r}")
         self.transformed = transformed
         if transformed == "patches":
-            self.transformed_head = heads.JigsawHead(embedding_dim, head, name="g")
+            self.transformed_head = heads.JigsawHead(embedding_dim, head, name="g",
+                                                     dtype="float32")
         else:
-            self.transformed_head = heads.ImageHead(embedding_dim, head, name="f_t")
+            self.transformed_head = heads.ImageHead(embedding_dim, head, name="f_t",
+                                                    dtype="float32")
         self.bank = memory_bank.MemoryBank(num_examples, embedding_dim, bank_momentum, seed,
+                                           dtype="float32",
                                            name="memory_bank")
         self.num_examples = int(num_examples)
         # Capped by the data set: at most every other row.
@@ -92,8 +97,9 @@ class PIRL(keras.Model):
                            + (1 - self.pirl_lambda) * loss_image)
             global_batch = tf.shape(index)[0] * ctx.num_replicas_in_sync
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            scaled_loss = self.optimizer.scale_loss(loss)  # loss scaling under mixed float16
         variables = self.trainable_variables
-        gradients = self.add_weight_decay(tape.gradient(loss, variables), variables, ctx)
+        gradients = self.add_weight_decay(tape.gradient(scaled_loss, variables), variables, ctx)
         self.optimizer.apply(gradients, variables)
         self.bank.update(ctx.all_gather(tf.stop_gradient(z_image), 0), ctx.all_gather(index, 0))
 
@@ -146,9 +152,11 @@ class PIRL(keras.Model):
 
     def add_weight_decay(self, gradients, variables, ctx):
         """Coupled L2 on kernels (ndim > 1): g + wd * w, divided by the replica count because
-        the optimizer sums gradients over replicas."""
+        the optimizer sums gradients over replicas (and scaled like the loss, which a
+        LossScaleOptimizer unscales)."""
         if not self.weight_decay:
             return gradients
         scale = self.weight_decay / ctx.num_replicas_in_sync
-        return [g + scale * v.value if g is not None and len(v.shape) > 1 else g
+        return [g + self.optimizer.scale_loss(scale * v.value)
+                if g is not None and len(v.shape) > 1 else g
                 for g, v in zip(gradients, variables)]

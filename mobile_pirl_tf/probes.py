@@ -91,8 +91,11 @@ def evaluate_features(protocol, train_features, train_labels, test_features, tes
 
 
 def evaluate_encoder(encoder, encoder_path, train, test, protocol, output_dir, seed=0,
-                     cache_dir=None, label=None, bn_images=BN_RECALIBRATION_IMAGES):
-    """Runs one protocol, writes output_dir/eval_<protocol>.json and returns its contents."""
+                     cache_dir=None, label=None, bn_images=BN_RECALIBRATION_IMAGES,
+                     file_suffix=""):
+    """Runs one protocol, writes output_dir/eval_<protocol><file_suffix>.json and returns its
+    contents. `bn_images` > 0 re-estimates the encoder's batch-norm statistics on that many
+    train images first; 0 evaluates the encoder as it is."""
     started = time.time()
     image_size = backbones.encoder_image_size(encoder)
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(encoder_path)),
@@ -112,10 +115,23 @@ def evaluate_encoder(encoder, encoder_path, train, test, protocol, output_dir, s
     else:
         report.update(k=KNN_K, temperature=KNN_TEMPERATURE)
     os.makedirs(output_dir, exist_ok=True)
-    suffix = "" if bn_images == BN_RECALIBRATION_IMAGES else f"_bn{bn_images}"
-    with open(os.path.join(output_dir, f"eval_{protocol}{suffix}.json"), "w") as f:
+    with open(os.path.join(output_dir, f"eval_{protocol}{file_suffix}.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report
+
+
+def protocol_bn_images(encoder_path, kind="pirl"):
+    """How many train images the protocol re-estimates an encoder's batch-norm statistics on:
+    none for a train.py encoder whose statistics were re-estimated on plain views when it was
+    written (its run.json says so: what is evaluated is what is shipped), BN_RECALIBRATION_IMAGES
+    for the random-init and supervised baselines (random init has no statistics; supervised
+    ones come from augmented crops) and for encoders without that record."""
+    run_path = os.path.join(os.path.dirname(os.path.abspath(encoder_path)), "run.json")
+    if kind not in ("random", "supervised") and os.path.exists(run_path):
+        with open(run_path) as f:
+            if json.load(f).get("encoder_bn_statistics", {}).get("images", 0) > 0:
+                return 0
+    return BN_RECALIBRATION_IMAGES
 
 
 def gap_closed(pirl, random, supervised):

@@ -68,7 +68,8 @@ def run_cell(base_config, spec, cell_dir, train_split, test_split):
     summary = training.train(cell_config)
     encoder, path = backbones.load_encoder(encoder_path=summary["encoder"])
     linear, knn = (probes.evaluate_encoder(encoder, path, train_split, test_split, protocol,
-                                           cell_dir, cell_config.seed, label=spec)
+                                           cell_dir, cell_config.seed, label=spec,
+                                           bn_images=probes.protocol_bn_images(path))
                    for protocol in ("linear", "knn"))
     return {"status": "done", "top1": f"{linear['top1']:.6f}",
             "top5": "" if linear.get("top5") is None else f"{linear['top5']:.6f}",

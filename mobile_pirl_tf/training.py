@@ -12,6 +12,7 @@
                        time, how the encoder's batch-norm statistics were set
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -41,8 +42,11 @@ def build_pirl(config, num_examples, backbone=None):
         pirl_lambda=config.pirl_lambda, bank_momentum=config.bank_momentum, loss=config.loss,
         weight_decay=config.weight_decay, shared_negatives=config.shared_negatives,
         seed=config.seed, transformed=config.transformed_kind(), name="pirl")
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=config.lr_for_batch(),
-                                                 momentum=config.momentum))
+    optimizer = keras.optimizers.SGD(learning_rate=config.lr_for_batch(),
+                                     momentum=config.momentum)
+    if keras.mixed_precision.global_policy().compute_dtype == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer)
     return model
 
 
@@ -129,6 +133,49 @@ def _progress_verbosity(config):
     return 1 if sys.stdout.isatty() else 2
 
 
+@contextlib.contextmanager
+def precision_policy(mixed_precision):
+    """Keras' global dtype policy set to mixed_<float16|bfloat16> inside the block ("none":
+    unchanged), restored on leaving it."""
+    previous = keras.mixed_precision.global_policy()
+    if mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{mixed_precision}")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def float32_encoder(model, config, backbone_fn=None):
+    """The deployable encoder of a trained PIRL model, in float32 whatever the training policy
+    (a float32 twin of the backbone with the trained weights, which are float32 variables)."""
+    backbone = model.backbone
+    if config.mixed_precision != "none":
+        backbone = backbone_fn() if backbone_fn else backbones.build_backbone(config.backbone,
+                                                                            config.width)
+        backbone.set_weights(model.backbone.get_weights())
+    return backbones.build_encoder(backbone, config.image_size)
+
+
+def _fit(model, config, source, steps_per_epoch, initial_epoch, manager, epoch_variable):
+    """model.fit from initial_epoch to config.epochs; returns the new epochs' history."""
+    if initial_epoch >= config.epochs:
+        return {}
+    dataset = pipeline.pretraining_dataset(
+        source, config.image_size, config.batch_size, steps_per_epoch, config.seed,
+        initial_epoch, config.epochs, config.transform_names(), config.transform_params())
+    fit_callbacks = [callbacks.EpochCheckpoint(manager, epoch_variable)]
+    if config.monitor_data_dir:  # before TensorBoard, so knn_top1 is logged
+        fit_callbacks.append(callbacks.KNNMonitor(config.monitor_data_dir, config.image_size,
+                                                  config.monitor_every))
+    fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"),
+                                                     update_freq="epoch"))
+    history = model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
+                        steps_per_epoch=steps_per_epoch, callbacks=fit_callbacks, shuffle=False,
+                        verbose=_progress_verbosity(config))
+    return {k: [float(x) for x in v] for k, v in history.history.items()}
+
+
 def train(config: TrainConfig, backbone_fn=None):
     """Pretrains with PIRL and returns the run summary (also written to run.json).
 
@@ -153,29 +200,15 @@ def train(config: TrainConfig, backbone_fn=None):
     if config.batch_size % strategy.num_replicas_in_sync:
         raise UsageError(f"--batch_size={config.batch_size} must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")
-    model, epoch_variable, manager = open_run(config, source.num_examples, steps_per_epoch,
-                                              strategy, backbone_fn)
-    initial_epoch = int(epoch_variable.numpy())
-    if initial_epoch:
-        logging.info("resuming %s at epoch %d", manager.latest_checkpoint, initial_epoch)
-
-    history_logs = {}
-    if initial_epoch < config.epochs:
-        dataset = pipeline.pretraining_dataset(
-            source, config.image_size, config.batch_size, steps_per_epoch, config.seed,
-            initial_epoch, config.epochs, config.transform_names(), config.transform_params())
-        fit_callbacks = [callbacks.EpochCheckpoint(manager, epoch_variable)]
-        if config.monitor_data_dir:  # before TensorBoard, so knn_top1 is logged
-            fit_callbacks.append(callbacks.KNNMonitor(config.monitor_data_dir, config.image_size,
-                                                      config.monitor_every))
-        fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"),
-                                                     update_freq="epoch"))
-        history = model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
-                            steps_per_epoch=steps_per_epoch, callbacks=fit_callbacks, shuffle=False,
-                            verbose=_progress_verbosity(config))
-        history_logs = {k: [float(x) for x in v] for k, v in history.history.items()}
-
-    encoder = backbones.build_encoder(model.backbone, config.image_size)
+    with precision_policy(config.mixed_precision):
+        model, epoch_variable, manager = open_run(config, source.num_examples, steps_per_epoch,
+                                                  strategy, backbone_fn)
+        initial_epoch = int(epoch_variable.numpy())
+        if initial_epoch:
+            logging.info("resuming %s at epoch %d", manager.latest_checkpoint, initial_epoch)
+        history_logs = _fit(model, config, source, steps_per_epoch, initial_epoch, manager,
+                            epoch_variable)
+    encoder = float32_encoder(model, config, backbone_fn)
     # What is shipped is what is evaluated: the statistics of plain views of training images,
     # not those of training (mixed from image views and jigsaw patches).
     bn_images = (batchnorm.recalibrate_on_source(encoder, source, config.bn_recalibration_images,

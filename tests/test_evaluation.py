@@ -129,3 +129,18 @@ def test_bn_recalibration_fixes_collapsed_random_features(labelled_folder):
     bns = [layer for layer in encoder._flatten_layers()
            if isinstance(layer, keras.layers.BatchNormalization)]
     assert all(layer.momentum == 0.999 for layer in bns)  # MobileNetV3's own momentum restored
+
+
+def test_protocol_evaluates_train_py_encoders_as_written_and_baselines_recalibrated(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    encoder = str(run / "encoder.keras")
+    assert probes.protocol_bn_images(encoder) == batchnorm.BN_RECALIBRATION_IMAGES  # no record
+    (run / "run.json").write_text(json.dumps(
+        {"encoder_bn_statistics": {"source": "training images, centre crops", "images": 300}}))
+    assert probes.protocol_bn_images(encoder) == 0
+    for kind in ("random", "supervised"):
+        assert probes.protocol_bn_images(encoder, kind) == batchnorm.BN_RECALIBRATION_IMAGES
+    (run / "run.json").write_text(json.dumps(
+        {"encoder_bn_statistics": {"source": "training (not re-estimated)"}}))
+    assert probes.protocol_bn_images(encoder) == batchnorm.BN_RECALIBRATION_IMAGES

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO
 
-from mobile_pirl_tf import UsageError, backbones, batchnorm, training
+from mobile_pirl_tf import UsageError, backbones, batchnorm, pipeline, training
 
 
 def cfg(model_dir, data_dir, **overrides):
@@ -144,3 +144,25 @@ def test_cli_offline_tfds_gives_one_line(tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: TFDS data set 'stl10' is not prepared") and "--data_dir" in last
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["bfloat16", "float16"])
+def test_mixed_precision_keeps_bank_and_loss_float32_and_writes_a_float32_encoder(
+        policy, tmp_path, image_folder):
+    summary = training.train(cfg(tmp_path / "run", image_folder, epochs=1, steps_per_epoch=2,
+                                 mixed_precision=policy))
+    assert all(math.isfinite(x) for x in summary["history"]["loss"])
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
+    encoder = keras.models.load_model(os.path.join(tmp_path, "run", "encoder.keras"))
+    policies = {layer.dtype_policy.name for layer in encoder._flatten_layers()}
+    assert policies == {"float32"}
+    assert encoder(np.zeros((1, 32, 32, 3), np.float32)).dtype == "float32"
+    with training.precision_policy(policy):
+        model = training.build_pirl(cfg(tmp_path / "x", image_folder,
+                                        mixed_precision=policy), 32)
+        training.build_variables(model, cfg(tmp_path / "x", image_folder))
+        z_image, _ = model(pipeline.synthetic_batch(2, 32))
+    assert model.bank.rows.dtype == "float32" and z_image.dtype == "float32"
+    assert (policy == "float16") == isinstance(model.optimizer,
+                                               keras.optimizers.LossScaleOptimizer)
