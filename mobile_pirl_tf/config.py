@@ -180,6 +180,9 @@ class TrainConfig(DataConfig):
                                         "images (centre crops, as the encoder sees them at "
                                         "inference); 0 keeps the statistics of training (mixed "
                                         "from image views and jigsaw patches).")
+    cache_images: bool = flag(True, "Decode the training images once and keep them in memory "
+                              "when they take at most 2 GiB decoded (a folder of images); the "
+                              "views are the same either way.")
     mixed_precision: str = flag("none", "Train the backbone in mixed float16 (GPUs; with loss "
                                 "scaling) or bfloat16 (TPUs, recent GPUs); heads, bank, logits "
                                 "and loss stay float32 and the encoder is written in float32. "
@@ -194,7 +197,7 @@ class TrainConfig(DataConfig):
 
     # Fields that may change between a run and its resumption.
     RESUMABLE = ("epochs", "model_dir", "verbose", "monitor_data_dir", "monitor_every",
-                 "bn_recalibration_images")
+                 "bn_recalibration_images", "cache_images")
     HELP_GROUPS = {
         "Data": ("dataset", "data_dir", "tfds_data_dir", "tfds_manual_dir"),
         "Model": ("backbone", "image_size", "width", "head", "embedding_dim"),
@@ -205,7 +208,7 @@ class TrainConfig(DataConfig):
         "Optimisation": ("epochs", "batch_size", "steps_per_epoch", "learning_rate", "momentum",
                          "weight_decay", "seed", "mixed_precision"),
         "Run": ("model_dir", "strategy", "monitor_data_dir", "monitor_every", "verbose",
-                "bn_recalibration_images"),
+                "bn_recalibration_images", "cache_images"),
     }
 
     def validate(self):

@@ -64,6 +64,17 @@ def _is_readable_image(path):
         return False
 
 
+def decoded_bytes(paths):
+    """What the images take decoded to RGB uint8, from their headers (no decoding)."""
+    from PIL import Image
+
+    total = 0
+    for path in paths:
+        with Image.open(path) as im:
+            total += im.size[0] * im.size[1] * 3
+    return total
+
+
 def list_image_files(root):
     """Sorted image files under `root` (any nesting) and counts of what was skipped."""
     if not os.path.isdir(root):

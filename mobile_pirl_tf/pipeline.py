@@ -7,16 +7,58 @@
 
 so the stream of batches is reproducible under --seed, and a resumed run sees exactly the
 epochs it would have seen without the interruption. Sources are `data.Source`s.
+
+With an `ImageCache` (folders whose decoded images fit in `CACHE_LIMIT_BYTES`), the images are
+decoded once and read from memory every epoch: the same pixels, so the same views.
 """
 
+import logging
 from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
-from mobile_pirl_tf import transforms, views
+from mobile_pirl_tf import data, transforms, views
 from mobile_pirl_tf.config import TransformParams
 from mobile_pirl_tf.data import Source
+
+CACHE_LIMIT_BYTES = 2 * 1024 ** 3
+
+
+class ImageCache:
+    """Every image of a folder source, decoded once, in one uint8 variable (flattened, in
+    example order) with each image's offset and shape; `image(index)` reads one back."""
+
+    def __init__(self, source):
+        images = list(source.keys.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE,
+                                      deterministic=True).as_numpy_iterator())
+        if len(images) != source.num_examples:
+            raise ValueError(f"decoded {len(images)} of {source.num_examples} images")
+        sizes = np.array([im.size for im in images], np.int64)
+        self.nbytes = int(sizes.sum())
+        self.offsets = tf.constant(np.concatenate([[0], np.cumsum(sizes)[:-1]]), tf.int64)
+        self.shapes = tf.constant(np.array([im.shape for im in images], np.int64))
+        self.pixels = tf.Variable(np.concatenate([im.ravel() for im in images]),
+                                  trainable=False, name="decoded_images")
+
+    def image(self, index):
+        start, shape = self.offsets[index], self.shapes[index]
+        return tf.reshape(self.pixels[start:start + tf.reduce_prod(shape)], shape)
+
+
+def image_cache(source, limit_bytes=CACHE_LIMIT_BYTES):
+    """An ImageCache of a folder source whose decoded images take at most `limit_bytes`
+    (estimated from the files' headers), else None (TFDS sources: None)."""
+    if source.paths is None or data.decoded_bytes(source.paths) > limit_bytes:
+        return None
+    try:
+        cache = ImageCache(source)
+    except (ValueError, tf.errors.OpError) as e:  # a file that passed the scan but won't decode
+        logging.warning("not keeping the images in memory: %s", str(e).splitlines()[0][:200])
+        return None
+    logging.info("keeping the %d decoded images in memory (%.0f MB)", source.num_examples,
+                 cache.nbytes / 1e6)
+    return cache
 
 
 def example_seed(seed, epoch, position):
@@ -74,13 +116,17 @@ def synthetic_batch(batch_size, image_size, num_examples=None, seed=0, names=("j
 
 def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch, seed=0,
                         first_epoch=0, last_epoch: Optional[int] = None, names=("jigsaw",),
-                        params=TransformParams()):
-    """Batches for epochs [first_epoch, last_epoch) (forever when last_epoch is None)."""
+                        params=TransformParams(), cache: Optional[ImageCache] = None):
+    """Batches for epochs [first_epoch, last_epoch) (forever when last_epoch is None); images
+    come from `cache` when given, else are decoded from the source."""
     epoch_elements = _epoch_orders(source, steps_per_epoch * batch_size, seed)
     epochs = tf.data.Dataset.range(first_epoch, last_epoch if last_epoch is not None else 2**62)
     elements = epochs.flat_map(lambda epoch: epoch_elements(epoch).map(
         lambda key, index, position: (key, index, example_seed(seed, epoch, position))))
-    ds = elements.map(lambda key, index, s: views.pirl_views(source.decode(key), index, s,
+    def image_of(key, index):
+        return cache.image(index) if cache is not None else source.decode(key)
+
+    ds = elements.map(lambda key, index, s: views.pirl_views(image_of(key, index), index, s,
                                                              image_size, names, params),
                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # A file that passed the integrity scan but still fails to decode is dropped, not fatal.

@@ -161,9 +161,10 @@ def _fit(model, config, source, steps_per_epoch, initial_epoch, manager, epoch_v
     """model.fit from initial_epoch to config.epochs; returns the new epochs' history."""
     if initial_epoch >= config.epochs:
         return {}
+    cache = pipeline.image_cache(source) if config.cache_images else None
     dataset = pipeline.pretraining_dataset(
         source, config.image_size, config.batch_size, steps_per_epoch, config.seed,
-        initial_epoch, config.epochs, config.transform_names(), config.transform_params())
+        initial_epoch, config.epochs, config.transform_names(), config.transform_params(), cache)
     fit_callbacks = [callbacks.EpochCheckpoint(manager, epoch_variable)]
     if config.monitor_data_dir:  # before TensorBoard, so knn_top1 is logged
         fit_callbacks.append(callbacks.KNNMonitor(config.monitor_data_dir, config.image_size,

@@ -84,3 +84,17 @@ def test_each_element_carries_the_index_of_its_own_file(image_folder):
         assert sorted(int(i) for _, i, _ in elements) == list(range(32))
         for key, index, _ in elements:
             assert key.decode() == source.paths[index]
+
+
+def test_images_kept_in_memory_give_the_same_batches(image_folder):
+    source = data.folder_source(image_folder)
+    cache = pipeline.image_cache(source)
+    assert cache is not None and cache.nbytes == data.decoded_bytes(source.paths)
+    decoded = list(pipeline.pretraining_dataset(source, 32, 8, 2, seed=5, first_epoch=0,
+                                                last_epoch=1).as_numpy_iterator())
+    kept = list(pipeline.pretraining_dataset(source, 32, 8, 2, seed=5, first_epoch=0,
+                                             last_epoch=1, cache=cache).as_numpy_iterator())
+    for a, b in zip(decoded, kept):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert pipeline.image_cache(source, limit_bytes=cache.nbytes - 1) is None

@@ -166,3 +166,19 @@ def test_mixed_precision_keeps_bank_and_loss_float32_and_writes_a_float32_encode
     assert model.bank.rows.dtype == "float32" and z_image.dtype == "float32"
     assert (policy == "float16") == isinstance(model.optimizer,
                                                keras.optimizers.LossScaleOptimizer)
+
+
+@pytest.mark.slow
+def test_the_defaults_validate_and_train(tmp_path, image_folder):
+    """Only what a folder and a small machine need is set; every recipe field is the default."""
+    from mobile_pirl_tf import config
+
+    defaults = config.TrainConfig(backbone="mobilenetv3small", image_size=32, batch_size=8,
+                                  epochs=1, steps_per_epoch=2, data_dir=image_folder,
+                                  model_dir=str(tmp_path / "run"), verbose=0)
+    assert (defaults.loss, defaults.shared_negatives, defaults.photometric) == (
+        "infonce", True, config.TrainConfig().photometric)
+    summary = training.train(defaults.validate())
+    assert summary["epochs_done"] == 1 and math.isfinite(summary["final"]["loss"])
+    with open(os.path.join(tmp_path, "run", "config.json")) as f:
+        assert json.load(f)["recipe"] == "default"
