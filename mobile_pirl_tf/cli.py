@@ -82,7 +82,7 @@ def config_from_flags(config_class, **overrides):
         values[field.name] = value
     # A named recipe sets the fields it names, except those whose flag was given explicitly.
     recipe = getattr(config_class, "RECIPES", {}).get(values.get("recipe"), {})
-    values.update({k: v for k, v in recipe.items() if not FLAGS[k].present})
+    values.update({k: v for k, v in recipe.items() if k not in FLAGS or not FLAGS[k].present})
     return config_class(**{**values, **overrides})
 
 

@@ -99,10 +99,11 @@ class TransformParams:
     blur_p: float = flag(0.5, "blur: probability of blurring.")
     blur_sigma_max: float = flag(2.0, "blur: largest sigma at 224 px (scaled with the image "
                                  "size).")
-    photometric: str = flag("vissl", "The random photometric step of the views' augmentation: "
-                            "vissl (PIRL's: with p=0.66 posterize, sharpness, solarize and "
-                            "autocontrast in sequence, random strengths) or one_of (one of the "
-                            "four, fixed strengths).", PHOTOMETRIC_KINDS)
+    photometric: str = flag("one_of", "The random photometric step of the views' augmentation: "
+                            "one_of (with p=0.66 one of posterize, sharpness, solarize, "
+                            "autocontrast, fixed strengths; learns better at equal epochs) or "
+                            "vissl (PIRL's: all four in sequence, random strengths).",
+                            PHOTOMETRIC_KINDS)
 
     def validate(self):
         check([(0 < self.view_min_scale <= 1, "--view_min_scale must be in (0, 1]"),
@@ -150,7 +151,8 @@ class TrainConfig(DataConfig):
     embedding_dim: int = flag(128, "Embedding / memory-bank dimension.")
     recipe: str = flag("default", "default: the best recipe measured (RESULTS.md); paper: the "
                        "PIRL paper's (NCE, tau 0.07, 32,000 per-example negatives, LR 0.03 per "
-                       "256, batch 256). A flag given explicitly overrides the recipe.",
+                       "256, batch 256, VISSL's photometric step). A flag given explicitly "
+                       "overrides the recipe.",
                        ("default", "paper"))
     loss: str = flag("infonce", "InfoNCE (default) or NCE (the paper).", LOSSES)
     num_negatives: int = flag(4096, "Negatives per term, capped by the data set size minus one.")
@@ -192,7 +194,8 @@ class TrainConfig(DataConfig):
     RECIPES = {
         "default": {},
         "paper": {"loss": "nce", "temperature": 0.07, "num_negatives": 32000,
-                  "shared_negatives": False, "learning_rate": 0.03, "batch_size": 256},
+                  "shared_negatives": False, "learning_rate": 0.03, "batch_size": 256,
+                  "photometric": "vissl"},
     }
 
     # Fields that may change between a run and its resumption.

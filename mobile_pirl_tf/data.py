@@ -64,14 +64,17 @@ def _is_readable_image(path):
         return False
 
 
-def decoded_bytes(paths):
-    """What the images take decoded to RGB uint8, from their headers (no decoding)."""
+def decoded_bytes(paths, stop_above=None):
+    """What the images take decoded to RGB uint8, from their headers (no decoding); counting
+    stops as soon as the total exceeds `stop_above`."""
     from PIL import Image
 
     total = 0
     for path in paths:
         with Image.open(path) as im:
             total += im.size[0] * im.size[1] * 3
+        if stop_above is not None and total > stop_above:
+            break
     return total
 
 

@@ -49,7 +49,7 @@ class ImageCache:
 def image_cache(source, limit_bytes=CACHE_LIMIT_BYTES):
     """An ImageCache of a folder source whose decoded images take at most `limit_bytes`
     (estimated from the files' headers), else None (TFDS sources: None)."""
-    if source.paths is None or data.decoded_bytes(source.paths) > limit_bytes:
+    if source.paths is None or data.decoded_bytes(source.paths, limit_bytes) > limit_bytes:
         return None
     try:
         cache = ImageCache(source)

@@ -97,7 +97,7 @@ def jigsaw_patches(crop, geometry, seed):
     return patches, permutation
 
 
-def jigsaw_view(image, image_size, seed, photometric="vissl"):
+def jigsaw_view(image, image_size, seed, photometric="one_of"):
     """The jigsaw v_I^t: a random-resized crop (scale 0.6-1) to 255/224 of the image size, cut
     into 9 shuffled patches (`jigsaw_patches`), each with its own photometric augmentation.
 

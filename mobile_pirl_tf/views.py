@@ -16,7 +16,7 @@ from mobile_pirl_tf import augment, transforms
 from mobile_pirl_tf.config import TransformParams
 
 
-def image_view(image, image_size, seed, min_scale=0.08, photometric="vissl"):
+def image_view(image, image_size, seed, min_scale=0.08, photometric="one_of"):
     """v_I: random-resized crop (scale min_scale-1) + photometric augmentation, [S, S, 3] in
     [0, 255]."""
     s = augment.split(seed, 2)

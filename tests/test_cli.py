@@ -102,6 +102,8 @@ def test_recipe_paper_sets_the_papers_values_and_explicit_flags_win():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, cwd=REPO)
     assert result.stdout.split() == ["paper", "nce", "0.1", "32000", "False", "0.03", "256"]
+    assert config.TrainConfig.from_recipe("paper").photometric == "vissl"
+    assert config.TrainConfig().photometric == "one_of"
     paper = config.TrainConfig.from_recipe("paper")
     assert (paper.loss, paper.temperature, paper.num_negatives, paper.shared_negatives) == (
         "nce", 0.07, 32000, False)
