@@ -23,8 +23,9 @@ def toy_backbone():
 
 
 def config(**overrides):
+    """The paper's recipe (NCE, per-example negatives), shrunk; tests override what they vary."""
     base = dict(image_size=IMAGE_SIZE, batch_size=4, num_negatives=6, embedding_dim=8, epochs=1)
-    return training.TrainConfig(**{**base, **overrides})
+    return training.TrainConfig.from_recipe("paper", **{**base, **overrides})
 
 
 def fixed_batch(batch=4, seed=0):
