@@ -23,6 +23,11 @@ from mobile_pirl_tf.config import PHOTOMETRIC_KINDS
 SMOOTH_KERNEL = [[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]  # PIL's ImageFilter.SMOOTH
 
 
+def _smooth_kernel():
+    """PIL's SMOOTH kernel / 13 as a depthwise filter over 3 channels [3, 3, 3, 1]."""
+    return tf.tile(tf.constant(SMOOTH_KERNEL)[:, :, None, None] / 13.0, [1, 1, 3, 1])
+
+
 def split(seed, n):
     """`n` independent [2] seeds from one."""
     return tf.unstack(tf.random.experimental.stateless_split(seed, n))
@@ -84,16 +89,14 @@ def autocontrast(x):
 def sharpness(x, factor):
     """PIL ImageEnhance.Sharpness: blend with PIL's SMOOTH-filtered image (kernel 1 1 1 / 1 5 1 /
     1 1 1, normalised)."""
-    kernel = tf.tile(tf.constant(SMOOTH_KERNEL)[:, :, None, None] / 13.0, [1, 1, 3, 1])
-    smooth = tf.nn.depthwise_conv2d(x[None], kernel, [1, 1, 1, 1], "SAME")[0]
+    smooth = tf.nn.depthwise_conv2d(x[None], _smooth_kernel(), [1, 1, 1, 1], "SAME")[0]
     return tf.clip_by_value(smooth + factor * (x - smooth), 0.0, 1.0)
 
 
 def _pil_smooth(q):
     """PIL's SMOOTH filter on 8-bit levels q [H, W, 3]: the 3x3 kernel / 13, rounded, with the
     one-pixel border left as it is (as PIL's 3x3 filters leave it)."""
-    kernel = tf.tile(tf.constant(SMOOTH_KERNEL)[:, :, None, None] / 13.0, [1, 1, 3, 1])
-    inner = tf.round(tf.nn.depthwise_conv2d(q[None], kernel, [1, 1, 1, 1], "VALID")[0])
+    inner = tf.round(tf.nn.depthwise_conv2d(q[None], _smooth_kernel(), [1, 1, 1, 1], "VALID")[0])
     shape = tf.shape(q)
     inside = tf.pad(tf.ones([shape[0] - 2, shape[1] - 2, 3], tf.bool), [[1, 1], [1, 1], [0, 0]])
     return tf.where(inside, tf.pad(inner, [[1, 1], [1, 1], [0, 0]]), q)

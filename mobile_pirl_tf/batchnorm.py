@@ -53,14 +53,14 @@ def recalibrate_on_source(encoder, source, num_images, seed=0, batch_size=128):
     """Re-estimates the statistics on `num_images` centre crops of an unlabelled `data.Source`
     (a seeded sample); returns the number of images used."""
     size = int(encoder.input.shape[1])
-    images = data.sample_dataset(source, num_images, size, seed)
-    count = [0]
+    counts = []
 
-    def counted(batch):
-        count[0] += int(batch.shape[0])
-        return batch
-    recalibrate_batchnorm_on(encoder, (counted(b) for b in images.batch(batch_size)))
-    return count[0]
+    def batches():  # streamed: at 224 px, 2,560 images would take 1.5 GB at once
+        for batch in data.sample_dataset(source, num_images, size, seed).batch(batch_size):
+            counts.append(int(batch.shape[0]))
+            yield batch
+    recalibrate_batchnorm_on(encoder, batches())
+    return sum(counts)
 
 
 def recalibrate_batchnorm_on(encoder, batches):

@@ -53,8 +53,9 @@ class KNNMonitor(keras.callbacks.Callback):
         with batchnorm.statistics_kept(encoder):
             train_features, test_features = features.features_for(
                 encoder, "", self.train, self.test, self.image_size)
-        result = probes.evaluate_features("knn", train_features, self.train.labels, test_features,
-                                   self.test.labels, len(self.train.classes))
+        result = probes.evaluate_features("knn", train_features, self.train.labels,
+                                          test_features, self.test.labels,
+                                          len(self.train.classes))
         logs["knn_top1"] = result["top1"]
         logging.info("epoch %d: kNN top-1 %.4f on %s (%.1f s)", epoch + 1, result["top1"],
                      self.test.name, time.time() - started)

@@ -123,6 +123,7 @@ def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch,
     epochs = tf.data.Dataset.range(first_epoch, last_epoch if last_epoch is not None else 2**62)
     elements = epochs.flat_map(lambda epoch: epoch_elements(epoch).map(
         lambda key, index, position: (key, index, example_seed(seed, epoch, position))))
+
     def image_of(key, index):
         return cache.image(index) if cache is not None else source.decode(key)
 
