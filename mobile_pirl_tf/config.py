@@ -162,6 +162,10 @@ class TrainConfig(DataConfig):
     pirl_lambda: float = flag(0.5, "Weight of the transformed-view term (Eq. 5).")
     bank_momentum: float = flag(0.5, "m <- normalize(b m + (1 - b) f(v_I)).")
     epochs: int = flag(200, "Total epochs (a rerun resumes up to this).")
+    schedule_epochs: Optional[int] = flag(None, "Length of the cosine learning-rate schedule in "
+                                          "epochs (default: --epochs). Set it above --epochs to "
+                                          "stop early on a longer run's schedule (the study's "
+                                          "successive halving does).")
     batch_size: int = flag(64, "Global batch size (over all replicas).")
     steps_per_epoch: Optional[int] = flag(None, "Optional cap on steps per epoch.")
     learning_rate: float = flag(0.06, "SGD learning rate per 256 images (scaled by batch_size / "
@@ -208,7 +212,8 @@ class TrainConfig(DataConfig):
             f.name for f in dataclasses.fields(TransformParams)),
         "Memory bank and loss": ("recipe", "loss", "num_negatives", "shared_negatives",
                                  "temperature", "pirl_lambda", "bank_momentum"),
-        "Optimisation": ("epochs", "batch_size", "steps_per_epoch", "learning_rate", "momentum",
+        "Optimisation": ("epochs", "schedule_epochs", "batch_size", "steps_per_epoch",
+                         "learning_rate", "momentum",
                          "weight_decay", "seed", "mixed_precision"),
         "Run": ("model_dir", "strategy", "monitor_data_dir", "monitor_every", "verbose",
                 "bn_recalibration_images", "cache_images"),
@@ -225,6 +230,8 @@ class TrainConfig(DataConfig):
             (self.image_size >= 32, f"--image_size must be at least 32, got {self.image_size}"),
             (self.batch_size >= 1, f"--batch_size must be positive, got {self.batch_size}"),
             (self.epochs >= 1, f"--epochs must be positive, got {self.epochs}"),
+            (self.schedule_epochs is None or self.schedule_epochs >= self.epochs,
+             "--schedule_epochs must be at least --epochs"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
              "--steps_per_epoch must be positive"),
             (self.num_negatives >= 1, "--num_negatives must be positive"),

@@ -219,6 +219,23 @@ def folder_splits(root):
     return tuple(splits)
 
 
+def balanced_subset(split, count, seed=0):
+    """A class-balanced, seeded subset of a labelled split with about `count` examples
+    (`count // classes` of each class, all of a smaller class); the split itself when `count`
+    is 0 or covers it. Folder splits only (their files are known)."""
+    if not count or count >= len(split.labels):
+        return split
+    if split.keys is None:
+        raise UsageError("a subset of labelled data needs a folder (--eval_data_dir), not TFDS")
+    rng = np.random.default_rng(seed)
+    per_class = max(1, count // len(split.classes))
+    chosen = np.sort(np.concatenate([
+        rng.permutation(np.flatnonzero(split.labels == c))[:per_class]
+        for c in range(len(split.classes))]))
+    return LabelledSplit(f"{split.name}:subset{len(chosen)}-seed{seed}",
+                         [split.keys[i] for i in chosen], split.labels[chosen], split.classes)
+
+
 def tfds_splits(name, data_dir=None):
     out = []
     for split in ("train", "test"):

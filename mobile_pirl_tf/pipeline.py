@@ -46,10 +46,19 @@ class ImageCache:
         return tf.reshape(self.pixels[start:start + tf.reduce_prod(shape)], shape)
 
 
+_last_cache = {}  # the most recent ImageCache, reused by the next run in this process
+
+
 def image_cache(source, limit_bytes=CACHE_LIMIT_BYTES):
     """An ImageCache of a folder source whose decoded images take at most `limit_bytes`
-    (estimated from the files' headers), else None (TFDS sources: None)."""
-    if source.paths is None or data.decoded_bytes(source.paths, limit_bytes) > limit_bytes:
+    (estimated from the files' headers), else None (TFDS sources: None). The last one made is
+    kept, so several runs on one folder in one process (a study) decode it once."""
+    if source.paths is None:
+        return None
+    key = (source.name, tuple(source.paths))
+    if key in _last_cache:
+        return _last_cache[key]
+    if data.decoded_bytes(source.paths, limit_bytes) > limit_bytes:
         return None
     try:
         cache = ImageCache(source)
@@ -58,6 +67,8 @@ def image_cache(source, limit_bytes=CACHE_LIMIT_BYTES):
         return None
     logging.info("keeping the %d decoded images in memory (%.0f MB)", source.num_examples,
                  cache.nbytes / 1e6)
+    _last_cache.clear()
+    _last_cache[key] = cache
     return cache
 
 

@@ -12,7 +12,10 @@ the transforms are listed: for crop,color the pair is crop+color), all with the 
 baselines) trained and probed the same way, listed in the table but not in the heat-map.
 
 Writes to --output_dir:
-    cells/<spec>/      each cell's PIRL run (resumable: a rerun continues an interrupted cell)
+    cells/<backbone>/<spec>/seed<N>/
+                       each cell's PIRL run (resumable: a rerun continues an interrupted cell;
+                       the cell runner is the study's, `study.CellRunner`: this sweep is the
+                       study's stage B at one fixed budget, without successive halving)
     results.csv        one row per cell: spec, first, second, status, top1, top5, seconds,
                        error, and every training flag
     heatmap.png        rows: first transform, columns: second, diagonal: the transform alone,
@@ -59,21 +62,17 @@ def write_results(path, rows, flag_fields):
     os.replace(tmp, path)
 
 
-def run_cell(base_config, spec, cell_dir, train_split, test_split):
-    """Trains and probes one cell; returns its result fields."""
-    from mobile_pirl_tf import backbones, probes, training
+def run_cell(base_config, spec, output_dir, train_split, test_split):
+    """Trains and probes one cell with the study's cell runner; returns its result fields."""
+    from mobile_pirl_tf.study import Cell, CellRunner
 
-    cell_config = dataclasses.replace(base_config, transforms=spec, model_dir=cell_dir)
+    runner = CellRunner(base_config, output_dir, base_config.epochs, (train_split, test_split))
     started = time.time()
-    summary = training.train(cell_config)
-    encoder, path = backbones.load_encoder(encoder_path=summary["encoder"])
-    linear, knn = (probes.evaluate_encoder(encoder, path, train_split, test_split, protocol,
-                                           cell_dir, cell_config.seed, label=spec,
-                                           bn_images=probes.protocol_bn_images(path))
-                   for protocol in ("linear", "knn"))
-    return {"status": "done", "top1": f"{linear['top1']:.6f}",
-            "top5": "" if linear.get("top5") is None else f"{linear['top5']:.6f}",
-            "knn_top1": f"{knn['top1']:.6f}", "seconds": f"{time.time() - started:.1f}",
+    result = runner.run(Cell(base_config.backbone, spec, base_config.seed), base_config.epochs,
+                        linear=True)
+    return {"status": "done", "top1": f"{result['linear_top1']:.6f}",
+            "top5": "" if result.get("linear_top5") is None else f"{result['linear_top5']:.6f}",
+            "knn_top1": f"{result['knn_top1']:.6f}", "seconds": f"{time.time() - started:.1f}",
             "error": ""}
 
 
@@ -114,8 +113,7 @@ def run_sweep(base_config, names, eval_data_dir, output_dir, extra=(), log=print
         log(f"[cell {len(durations) + 1}/{len(pending)}] {spec}: running ({left} left{eta})")
         started = time.time()
         try:
-            row.update(run_cell(base_config, spec, os.path.join(output_dir, "cells", spec),
-                                train_split, test_split))
+            row.update(run_cell(base_config, spec, output_dir, train_split, test_split))
             log(f"[cell {len(durations) + 1}/{len(pending)}] {spec}: top1 "
                 f"{100 * float(row['top1']):.2f}% in {_eta(time.time() - started)}")
         except (KeyboardInterrupt, UsageError):  # a bad flag or data set fails every cell: stop

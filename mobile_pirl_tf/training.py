@@ -83,7 +83,8 @@ def open_run(config, num_examples, steps_per_epoch, strategy, backbone_fn=None):
     """
     with strategy.scope():
         model = build_pirl(config, num_examples, backbone=backbone_fn() if backbone_fn else None)
-        set_schedule(model, config, config.epochs * steps_per_epoch)
+        set_schedule(model, config,
+                     (config.schedule_epochs or config.epochs) * steps_per_epoch)
         build_variables(model, config)
         epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     manager = tf.train.CheckpointManager(make_checkpoint(model, epoch_variable),
@@ -184,6 +185,8 @@ def train(config: TrainConfig, backbone_fn=None):
     """
     config.validate()
     started = time.time()
+    # Initial weights, views and negatives all follow --seed (bit-identical reruns on CPU).
+    keras.utils.set_random_seed(config.seed)
     source = data.make_source(config.dataset, config.data_dir, config.tfds_data_dir,
                               config.tfds_manual_dir)
     steps_per_epoch = source.num_examples // config.batch_size

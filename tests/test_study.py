@@ -1,0 +1,180 @@
+"""The study (experiments A-D): halving with injected scores, intervals and verdicts against a
+SciPy-free reference, and a tiny real study: report, figures, CSV, a failed cell recorded, the
+plan's estimate against the run's time, and a rerun that trains nothing new."""
+
+import csv
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+from absl import flags
+
+from mobile_pirl_tf import study, study_report, training
+
+T_975_DF2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom
+
+
+def test_rungs_and_halving_rule():
+    assert study.rungs(1, 9, 3) == [1, 3, 9]
+    assert study.rungs(1, 4, 3) == [1, 3, 4]
+    assert study.rungs(2, 2, 3) == [2]
+    scores = {"a": 0.1, "b": 0.5, "c": 0.3, "d": 0.4, "e": 0.2}
+    assert study.keep_best(scores, 3) == ["b", "d"]
+    assert study.keep_best(scores, 2) == ["b", "d", "c"]
+    assert study.keep_best({"a": 0.1}, 3) == ["a"]
+
+
+def test_triples_extend_the_best_pairs_with_the_best_singles():
+    names = ["jigsaw", "rotation", "crop", "color"]
+    singles = {"jigsaw": 0.4, "rotation": 0.3, "crop": 0.5, "color": 0.1}
+    pairs = {"jigsaw+crop": 0.6, "rotation+color": 0.2, "crop+color": 0.55, "jigsaw+rotation": 0}
+    assert study.stage_b_triples(singles, pairs, names) == [
+        "jigsaw+rotation+crop", "jigsaw+crop+color", "rotation+crop+color"]
+    assert study.stage_b_cells(["a", "b", "c"]) == ["a", "b", "c", "a+b", "a+c", "b+c"]
+
+
+def test_interval_matches_the_t_reference():
+    runs = [{"m": 0.40}, {"m": 0.43}, {"m": 0.46}]
+    s = study_report.summary(runs, "m")
+    values = np.array([0.40, 0.43, 0.46])
+    half = T_975_DF2 * values.std(ddof=1) / math.sqrt(3)
+    assert s["n"] == 3 and s["mean"] == pytest.approx(0.43)
+    assert s["half"] == pytest.approx(half)
+    assert (s["low"], s["high"]) == (pytest.approx(0.43 - half), pytest.approx(0.43 + half))
+    one = study_report.summary([{"m": 0.5}], "m")
+    assert one["n"] == 1 and math.isnan(one["half"])
+
+
+def test_verdict_names_a_winner_only_when_intervals_separate():
+    far = [("a", [{"linear_top1": v} for v in (0.60, 0.61, 0.62)]),
+           ("b", [{"linear_top1": v} for v in (0.50, 0.51, 0.52)])]
+    assert study_report.verdict(far) == ("winner", ["a"])
+    close = [("a", [{"linear_top1": v} for v in (0.50, 0.56, 0.62)]),
+             ("b", [{"linear_top1": v} for v in (0.50, 0.53, 0.55)]),
+             ("c", [{"linear_top1": v} for v in (0.20, 0.21, 0.22)])]
+    assert study_report.verdict(close) == ("tied", ["a", "b"])
+    assert study_report.verdict(far[:1]) == ("only", ["a"])
+
+
+def test_pareto_front():
+    points = [(1.0, 0.5), (2.0, 0.6), (1.5, 0.4), (3.0, 0.6), (0.5, 0.3)]
+    assert study_report.pareto_front(points) == [4, 0, 1]
+
+
+class FakeRunner:
+    """Injected kNN scores per cell (growing with epochs), no training."""
+
+    def __init__(self, score):
+        self.score, self.done = score, {}
+
+    def scores(self, cell):
+        return self.done.get(cell.key, {})
+
+    def run(self, cell, epochs, linear=False):
+        result = {"knn_top1": self.score[cell.transforms] + epochs / 100, "seconds": 1.0}
+        if linear:
+            result["linear_top1"] = result["knn_top1"] + 0.01 * cell.seed
+        self.done.setdefault(cell.key, {})[epochs] = result
+        return result
+
+
+class FakeCosts:
+    def train_seconds(self, cell, start, end):
+        return 1.0
+
+    def probe_seconds(self, cell, linear=False):
+        return 0.0
+
+
+class Flags:
+    min_epochs, max_epochs, eta, finalists, seeds = 1, 9, 3, 2, 3
+
+
+def test_halving_keeps_the_best_cells_and_records_them_in_optuna(tmp_path):
+    from optuna.trial import TrialState
+
+    names = ["rotation", "crop", "cutout", "color", "sobel", "noise", "blur", "flip", "jigsaw"]
+    score = dict(zip(names, [0.30, 0.10, 0.50, 0.20, 0.45, 0.05, 0.40, 0.15, 0.35]))
+    cells = [study.Cell("b", name) for name in names]
+    runner = FakeRunner(score)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    stage = study.Stage("X", cells, runner, FakeCosts(), study.Budget(0), Flags, storage,
+                        log=lambda *_: None)
+    results = stage.run()
+    # 9 cells -> 3 at 3 epochs (the best three at 1 epoch) -> 1 at 9 epochs.
+    assert sorted(stage.rung_scores[3]) == sorted(f"b/{t}/seed0" for t in ("cutout", "sobel",
+                                                                          "blur"))
+    assert list(stage.rung_scores[9]) == ["b/cutout/seed0"]
+    assert [r["cell"].transforms for r in results] == ["cutout"]
+    assert len(results[0]["runs"]) == 3  # the finalist under 3 seeds
+    import optuna
+
+    trials = optuna.load_study(study_name="stage-X", storage=storage).get_trials()
+    states = {t.params["cell"]: t.state for t in trials}
+    assert states["b/cutout/seed0"] == TrialState.COMPLETE
+    assert sum(s == TrialState.PRUNED for s in states.values()) == 8
+    reported = {t.params["cell"]: sorted(t.intermediate_values) for t in trials}
+    assert reported["b/sobel/seed0"] == [1, 3] and reported["b/flip/seed0"] == [1]
+
+
+@pytest.mark.slow
+def test_tiny_study_reports_records_failures_and_reruns_without_training(
+        tmp_path, image_folder, labelled_folder, monkeypatch):
+    if "backbones" not in flags.FLAGS:
+        study.define_flags()
+    out = str(tmp_path / "study")
+    argv = ["study", f"--data_dir={image_folder}", f"--eval_data_dir={labelled_folder}",
+            "--image_size=32", "--batch_size=4", "--steps_per_epoch=2", "--num_negatives=4",
+            "--embedding_dim=8", "--bn_recalibration_images=16",
+            "--backbones=mobilenetv3small,mnasnet_a1", "--transforms=rotation,jigsaw",
+            "--seeds=2", "--finalists=1", "--top_k=1", "--min_epochs=1", "--max_epochs=1",
+            f"--output_dir={out}"]
+    flags.FLAGS(argv + ["--dry_run"])
+    f = flags.FLAGS
+    base = study.cli.config_from_flags(study.config.TrainConfig, transforms="jigsaw",
+                                       model_dir="", backbone="mobilenetv3small").validate()
+    logs = []
+    planned = study.run_study(f, base, log=logs.append)["plan_seconds"]
+    assert any(line.startswith("plan (") for line in logs)
+    assert not os.path.exists(os.path.join(out, "REPORT.md"))
+
+    real_train, calls = training.train, []
+
+    def flaky_train(config, *args, **kwargs):
+        calls.append(f"{config.backbone}/{config.transforms}/seed{config.seed}")
+        if config.backbone == "mnasnet_a1" and config.transforms == "rotation":
+            raise RuntimeError("simulated crash")
+        return real_train(config, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train", flaky_train)
+    flags.FLAGS(argv + ["--nodry_run"])
+    started = time.time()
+    state = study.run_study(f, base, log=logs.append)
+    took = time.time() - started
+    total = sum(planned.values())
+    assert total / 2 <= took <= 2 * total, (planned, took)
+
+    with open(os.path.join(out, "REPORT.md")) as fh:
+        report = fh.read()
+    for title in ("## Stage A", "## Stage B", "## Stage C", "## Stage D"):
+        assert title in report
+    for png in ("heatmap.png", "pareto.png"):
+        with open(os.path.join(out, png), "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(out, "results.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["stage"] for r in rows} >= {"A", "B", "C"}
+    assert all(0 <= float(r["knn_top1"]) <= 1 for r in rows)
+    assert any(r["role"] == "finalist" and r["linear_top1"] for r in rows)
+    failed = [k for s in state["stages"].values() for k in s.get("failed", {})]
+    if "mnasnet_a1/rotation/seed0" in calls:  # stage C ran it (rotation was a top combination)
+        assert failed == ["mnasnet_a1/rotation/seed0"]
+        assert calls.count("mnasnet_a1/rotation/seed0") == 2  # retried once
+        assert "failed: RuntimeError: simulated crash" in report
+
+    # A rerun reads every finished score back: only a failed cell is tried again.
+    calls.clear()
+    study.run_study(f, base, log=logs.append)
+    assert set(calls) <= {"mnasnet_a1/rotation/seed0"}
