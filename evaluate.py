@@ -5,6 +5,8 @@
     python evaluate.py --baseline=random --backbone=mobilenetv3small --image_size=64 \\
         --data_dir=DATA --output_dir=runs/random
     python evaluate.py --baseline=supervised --supervised_minutes=20 ...
+    python evaluate.py --model_dir=runs/pirl --data_dir=DATA --protocol=finetune \
+        --label_fraction=0.01,0.1        # few labels: fine-tuned vs from scratch
 
 DATA holds train/<class>/... and test/<class>/... Features are cached beside the encoder.
 A PIRL model is reported beside its baselines in <output_dir>/baselines/: random init is
@@ -61,17 +63,58 @@ def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, cfg)
     return encoder, path
 
 
-def _evaluate(encoder, path, train, test, protocol, output_dir, cfg, label):
+def _evaluate(encoder, path, train, test, protocol, output_dir, cfg, label, suffix=""):
     """One protocol's report, with the protocol's batch-norm handling (`probes.protocol_bn_images`)
     unless --bn_recalibration_images overrides it."""
     from mobile_pirl_tf import probes
 
     if cfg.bn_recalibration_images is None:
-        bn_images, suffix = probes.protocol_bn_images(path, label), ""
+        bn_images = probes.protocol_bn_images(path, label)
     else:
-        bn_images, suffix = cfg.bn_recalibration_images, f"_bn{cfg.bn_recalibration_images}"
+        bn_images = cfg.bn_recalibration_images
+        suffix += f"_bn{cfg.bn_recalibration_images}"
     return probes.evaluate_encoder(encoder, path, train, test, protocol, output_dir, cfg.seed,
                                    label=label, bn_images=bn_images, file_suffix=suffix)
+
+
+def _run_config(encoder_path):
+    path = os.path.join(os.path.dirname(os.path.abspath(encoder_path)), "config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _finetune(path, train, test, output_dir, cfg):
+    """eval_finetune.json: each fraction fine-tuned, beside the backbone from scratch."""
+    import keras
+
+    from mobile_pirl_tf import backbones, finetune
+
+    fractions = finetune.parse_fractions(cfg.label_fraction or config.FINETUNE_FRACTIONS)
+    for fraction in fractions:  # every error before any training
+        finetune.label_subset(train, fraction, cfg.seed)
+    run = _run_config(path)
+    backbone, width = cfg.backbone or run.get("backbone"), run.get("width", cfg.width)
+    if not backbone:
+        raise UsageError("--protocol=finetune trains the backbone from scratch beside the "
+                         "encoder: pass --backbone (no config.json beside the encoder names it)")
+    size = backbones.encoder_image_size(keras.models.load_model(path))
+    report = finetune.fine_tune_report(
+        lambda: keras.models.load_model(path), finetune.scratch_builder(backbone, size, width,
+                                                                        cfg.seed),
+        train, test, fractions, cfg.seed)
+    supervised = os.path.join(output_dir, "baselines", "supervised", "eval_linear.json")
+    if os.path.exists(supervised):
+        with open(supervised) as f:
+            report["supervised_all_labels_linear_top1"] = json.load(f)["top1"]
+    report.update(encoder=os.path.abspath(path), backbone=backbone, image_size=size,
+                  data=train.name.rsplit(":", 1)[0])
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "eval_finetune.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(finetune.format_table(report))
+    return report
 
 
 def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir, cfg):
@@ -79,13 +122,11 @@ def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir, 
     backbone named in the run's config.json."""
     from mobile_pirl_tf import backbones
 
-    config_path = os.path.join(os.path.dirname(os.path.abspath(encoder_path)), "config.json")
-    if not os.path.exists(config_path):
+    run_config = _run_config(encoder_path)
+    if not run_config:
         print(f"(baselines skipped: no config.json beside {encoder_path} names the backbone; "
               "run evaluate.py --baseline=... yourself)")
         return []
-    with open(config_path) as f:
-        run_config = json.load(f)
     reports = []
     for kind in config.BASELINES:
         base_dir = os.path.join(output_dir, "baselines", kind)
@@ -124,12 +165,24 @@ def main(argv):
         output_dir = cfg.output_dir or cfg.model_dir or os.path.dirname(os.path.abspath(path))
         label = "pirl"
 
+    from mobile_pirl_tf import finetune
+
     reports = []
+    fractions = finetune.parse_fractions(cfg.label_fraction or (1.0,))
     for protocol in cfg.protocol:
-        reports.append(_evaluate(encoder, path, train, test, protocol, output_dir, cfg, label))
-        if not cfg.baseline:
-            reports += _baseline_reports(encoder, path, train, test, protocol, output_dir, cfg)
-    print(probes.format_table(reports))
+        if protocol == "finetune":
+            _finetune(path, train, test, output_dir, cfg)
+            continue
+        for fraction in fractions:
+            subset = finetune.label_subset(train, fraction, cfg.seed)
+            suffix = "" if fraction == 1 else f"_labels{fraction:g}"
+            reports.append(_evaluate(encoder, path, subset, test, protocol, output_dir, cfg,
+                                     label, suffix))
+            if not cfg.baseline and fraction == 1:
+                reports += _baseline_reports(encoder, path, subset, test, protocol, output_dir,
+                                             cfg)
+    if reports:
+        print(probes.format_table(reports))
     for protocol in cfg.protocol:
         rows = {r["label"]: r["top1"] for r in reports if r["protocol"] == protocol}
         if {"pirl", "random", "supervised"} <= set(rows) and rows["supervised"] != rows["random"]:

@@ -14,7 +14,9 @@ One module per concept:
 - PIRL: `heads` (projection heads f and g), `memory_bank` (bank and negative sampling),
   `losses` (NCE, InfoNCE), `pirl` (the `keras.Model` with its custom `train_step`),
   `training` (strategy, checkpoint / resume, `model.fit`), `callbacks` (per-epoch checkpoint,
-  kNN monitor), `sweep` (the contingency sweep over transformation pairs).
+  kNN monitor), `sweep` (the contingency sweep over transformation pairs), `study` (the
+  proposal's experiments A-D: successive halving over cells, seeds for the finalists, the cost
+  model and plan), `study_report` (intervals, verdicts, heat-map, Pareto plot, REPORT.md).
 - evaluation: `batchnorm` (re-estimating batch-norm statistics), `features` (cached frozen
   features), `probes` (linear probe, kNN), `baselines` (random-init and supervised encoders).
 - deployment: `tflite` (conversion to LiteRT variants, host inference and latency),

@@ -363,7 +363,8 @@ class ExportConfig(DataConfig):
 
 # --- evaluate.py -----------------------------------------------------------------------------
 
-PROTOCOLS = ("linear", "knn")
+PROTOCOLS = ("linear", "knn", "finetune")
+FINETUNE_FRACTIONS = (0.01, 0.1)
 BASELINES = ("random", "supervised")
 
 
@@ -376,7 +377,13 @@ class EvalConfig:
     data_dir: Optional[str] = flag(None, "Folder with train/<class>/ and test/<class>/ "
                                    "(overrides --dataset).")
     tfds_data_dir: Optional[str] = flag(None, "Where prepared TFDS data sets are.")
-    protocol: Tuple[str, ...] = flag(("linear",), "linear, knn, or both: linear,knn.")
+    protocol: Tuple[str, ...] = flag(("linear",), "linear, knn (frozen features), finetune (the "
+                                     "whole encoder, beside the backbone trained from scratch "
+                                     "on the same labels); several: linear,knn,finetune.")
+    label_fraction: Optional[Tuple[float, ...]] = flag(
+        None, "Fractions of the labelled train split to use (class-balanced, seeded subset, the "
+        "same for every encoder), e.g. 0.01,0.1. Default: all labels for linear / knn, "
+        "0.01,0.1 for finetune.")
     output_dir: Optional[str] = flag(None, "Where eval_<protocol>.json goes (default: the "
                                      "model_dir, or the encoder's folder).")
     baseline: Optional[str] = flag(None, "Evaluate a baseline instead of a trained encoder "
@@ -399,7 +406,8 @@ class EvalConfig:
         "What to evaluate": ("model_dir", "encoder", "baseline", "backbone", "image_size",
                              "width"),
         "Labelled data": ("dataset", "data_dir", "tfds_data_dir"),
-        "Protocol": ("protocol", "output_dir", "seed", "bn_recalibration_images"),
+        "Protocol": ("protocol", "label_fraction", "output_dir", "seed",
+                     "bn_recalibration_images"),
         "Supervised baseline": ("supervised_epochs", "supervised_minutes",
                                 "supervised_batch_size"),
     }
@@ -409,7 +417,9 @@ class EvalConfig:
         check([(not unknown, f"--protocol must be among {', '.join(PROTOCOLS)}, got "
                              f"{unknown[0]!r}" if unknown else ""),
                (self.bn_recalibration_images is None or self.bn_recalibration_images >= 0,
-                "--bn_recalibration_images must be >= 0")])
+                "--bn_recalibration_images must be >= 0"),
+               (all(0 < f <= 1 for f in self.label_fraction or ()),
+                "--label_fraction values must be in (0, 1] (0.1 = 10% of the labels)")])
         if self.baseline:
             missing = [f"--{n}" for n in ("backbone", "image_size", "output_dir")
                        if not getattr(self, n)]
