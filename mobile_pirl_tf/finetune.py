@@ -14,10 +14,11 @@ batch-norm), the supervised baseline's augmentation (random-resized crop of 25-1
 image, horizontal flip), batch-norm layers in training mode, their moving statistics then
 re-estimated on centre crops of the labelled images (`batchnorm.recalibrate_batchnorm`:
 MobileNetV3's BN momentum of 0.999 leaves them 80% at their initial value after 200 steps,
-which collapses a scratch encoder's test predictions to one class). The classifier learns at 0.1 x batch / 256; a pretrained encoder at a tenth
-of that (`backbone_lr_ratio`), as fine-tuning usually does to keep what pretraining learned; a
-scratch encoder at the classifier's rate, as the supervised baseline trains. Both get the same
-number of steps on the same images.
+which collapses a scratch encoder's test predictions to one class). The classifier learns at
+0.1 x batch / 256; a pretrained encoder at a tenth of that (`backbone_lr_ratio`), as
+fine-tuning usually does to keep what pretraining learned; a scratch encoder at the
+classifier's rate, as the supervised baseline trains. Both get the same number of steps on the
+same images.
 """
 
 import logging
