@@ -6,6 +6,7 @@
 Rerunning with the same --model_dir resumes from the last finished epoch.
 """
 
+import errno
 import logging
 import os
 
@@ -26,8 +27,14 @@ def main(argv):
         summary = train(train_config)
     except FloatingPointError as e:
         cli.fail(e)
-    print(f"done: {summary['epochs_done']} epochs, encoder at {summary['encoder']}, "
-          f"final loss {summary['final'].get('loss', float('nan')):.4f}")
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        cli.fail(f"no space left on the device of {train_config.model_dir}; free some and rerun "
+                 "(the last finished epoch's checkpoint is intact)")
+    loss = summary["final"].get("loss")
+    print(f"done: {summary['epochs_done']} epochs, encoder at {summary['encoder']}"
+          + (f", final loss {loss:.4f}" if loss is not None else ""))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ BACKBONE_WIDTHS = {
 TRANSFORM_NAMES = ("jigsaw", "rotation", "crop", "cutout", "color", "sobel", "noise", "blur",
                    "flip")
 MAX_COMPOSED = 3
+MAX_IMAGE_SIZE = 1024  # a batch of 64 views is 0.8 GB of float32 pixels at this size
 HEAD_KINDS = ("linear", "mlp")
 LOSSES = ("nce", "infonce")
 STRATEGIES = ("default", "mirrored")
@@ -203,7 +204,9 @@ class TrainConfig(DataConfig):
     }
 
     # Fields that may change between a run and its resumption.
+    # The learning rate may change on resume (after a divergence): run.json records it.
     RESUMABLE = ("epochs", "model_dir", "verbose", "monitor_data_dir", "monitor_every",
+                 "learning_rate",
                  "bn_recalibration_images", "cache_images")
     HELP_GROUPS = {
         "Data": ("dataset", "data_dir", "tfds_data_dir", "tfds_manual_dir"),
@@ -227,7 +230,8 @@ class TrainConfig(DataConfig):
             (self.head in HEAD_KINDS, f"--head must be one of {', '.join(HEAD_KINDS)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.image_size >= 32, f"--image_size must be at least 32, got {self.image_size}"),
+            (32 <= self.image_size <= MAX_IMAGE_SIZE,
+             f"--image_size must be in [32, {MAX_IMAGE_SIZE}], got {self.image_size}"),
             (self.batch_size >= 1, f"--batch_size must be positive, got {self.batch_size}"),
             (self.epochs >= 1, f"--epochs must be positive, got {self.epochs}"),
             (self.schedule_epochs is None or self.schedule_epochs >= self.epochs,

@@ -9,14 +9,21 @@
                        its batch-norm statistics re-estimated on centre crops of training images
                        (`--bn_recalibration_images`): the encoder to evaluate and to ship
     run.json           flags, epochs done, loss terms per epoch (over every invocation), wall
-                       time, how the encoder's batch-norm statistics were set
+                       time, how the encoder's batch-norm statistics were set, learning-rate
+                       changes made on resume
+    run.lock           held (flock) by the one train.py process working in the folder; the
+                       kernel releases it when that process ends, however it ends
 """
 
 import contextlib
 import dataclasses
+import fcntl
+import glob
 import json
 import logging
 import os
+import shutil
+import socket
 import sys
 import time
 
@@ -95,12 +102,54 @@ def open_run(config, num_examples, steps_per_epoch, strategy, backbone_fn=None):
     return model, epoch_variable, manager
 
 
+LOCK_NAME = "run.lock"
+
+
+@contextlib.contextmanager
+def run_lock(model_dir):
+    """Holds model_dir/run.lock for one process: a second train.py on the folder is refused in
+    one line naming the holder. An flock, so a killed holder never leaves it stuck."""
+    if os.path.isdir(model_dir) and set(os.listdir(model_dir)) - {LOCK_NAME} and not \
+            os.path.exists(os.path.join(model_dir, "config.json")):
+        raise UsageError(f"--model_dir={model_dir} is not empty and holds no Mobile-PIRL run "
+                         "(no config.json); use a new or empty folder")
+    os.makedirs(model_dir, exist_ok=True)
+    handle = open(os.path.join(model_dir, LOCK_NAME), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UsageError(f"--model_dir={model_dir} is in use by {holder}; wait for it to end "
+                         "or use another --model_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"train.py process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _remove_leftovers(model_dir):
+    """Temporary files of a write that an earlier process did not finish (a kill, a full disk)."""
+    for path in glob.glob(os.path.join(model_dir, "*.tmp*")) + glob.glob(
+            os.path.join(model_dir, "checkpoints", "*_temp*")):
+        logging.info("removing %s, left by an unfinished write", path)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def _comparable(config_dict):
     return {k: v for k, v in config_dict.items() if k not in TrainConfig.RESUMABLE}
 
 
 def prepare_model_dir(config, num_examples):
-    """Creates model_dir with config.json, or checks that its run has this configuration."""
+    """Creates model_dir with config.json, or checks that its run has this configuration.
+    Returns {"from": old, "to": new} when the learning rate changes on resume ({} otherwise);
+    config.json takes the new one once an epoch has trained with it (`_record_lr_change`)."""
     path = os.path.join(config.model_dir, "config.json")
     wanted = {**dataclasses.asdict(config), "num_examples": num_examples}
     if os.path.exists(path):
@@ -113,12 +162,15 @@ def prepare_model_dir(config, num_examples):
             shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
             raise UsageError(f"--model_dir={config.model_dir} holds a run with another "
                              f"configuration ({shown}); use a new --model_dir")
-        return
-    if os.path.isdir(config.model_dir) and os.listdir(config.model_dir):
+        if stored["learning_rate"] != config.learning_rate:
+            return {"from": stored["learning_rate"], "to": config.learning_rate}
+        return {}
+    if os.path.isdir(config.model_dir) and set(os.listdir(config.model_dir)) - {LOCK_NAME}:
         raise UsageError(f"--model_dir={config.model_dir} is not empty and holds no Mobile-PIRL "
                          "run (no config.json); use a new or empty folder")
     os.makedirs(config.model_dir, exist_ok=True)
     _write_json(path, wanted)
+    return {}
 
 
 def _write_json(path, obj):
@@ -195,7 +247,13 @@ def train(config: TrainConfig, backbone_fn=None):
                          f"({source.num_examples} images); lower it")
     if config.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    prepare_model_dir(config, source.num_examples)
+    with run_lock(config.model_dir):
+        return _train_locked(config, source, steps_per_epoch, started, backbone_fn)
+
+
+def _train_locked(config, source, steps_per_epoch, started, backbone_fn):
+    lr_change = prepare_model_dir(config, source.num_examples)
+    _remove_leftovers(config.model_dir)
 
     strategy = make_strategy(config.strategy)
     logging.info("strategy %s with %d replica(s), %d examples, %d steps per epoch",
@@ -218,12 +276,19 @@ def train(config: TrainConfig, backbone_fn=None):
     bn_images = (batchnorm.recalibrate_on_source(encoder, source, config.bn_recalibration_images,
                                                  seed=config.seed)
                  if config.bn_recalibration_images else 0)
+    check_encoder_finite(encoder, source, config.seed)
     encoder_path = os.path.join(config.model_dir, "encoder.keras")
     tmp_path = os.path.join(config.model_dir, "encoder.tmp.keras")
     encoder.save(tmp_path)
     os.replace(tmp_path, encoder_path)
 
     previous = _previous_run(config.model_dir)
+    lr_changes = previous.get("learning_rate_changes", [])
+    if lr_change and history_logs:  # at least one epoch trained with the new rate
+        lr_changes = lr_changes + [{"epoch": initial_epoch, **lr_change}]
+        path = os.path.join(config.model_dir, "config.json")
+        with open(path) as f:
+            _write_json(path, {**json.load(f), "learning_rate": config.learning_rate})
     history = {k: previous.get("history", {}).get(k, [])[:initial_epoch] + v
                for k, v in history_logs.items()} or previous.get("history", {})
     summary = {
@@ -239,11 +304,28 @@ def train(config: TrainConfig, backbone_fn=None):
         "history": history,
         "wall_time_seconds": round(time.time() - started, 2),
         "encoder": encoder_path,
+        "learning_rate_changes": lr_changes,
         "encoder_bn_statistics": ({"source": "training images, centre crops", "images": bn_images}
                                   if bn_images else {"source": "training (not re-estimated)"}),
     }
     _write_json(os.path.join(config.model_dir, "run.json"), summary)
     return summary
+
+
+def check_encoder_finite(encoder, source, seed, images=8):
+    """Raises FloatingPointError (nothing written) unless the encoder's state and its features
+    of a few training images are all finite."""
+    from mobile_pirl_tf.callbacks import non_finite_variables
+
+    bad = non_finite_variables(encoder.variables)
+    if not bad:
+        sample = data.sample_images(source, images, int(encoder.input.shape[1]), seed)
+        if len(sample) and not tf.reduce_all(tf.math.is_finite(encoder(sample))):
+            bad = ["its features"]
+    if bad:
+        raise FloatingPointError(
+            f"the trained encoder is not finite ({bad[0]}); encoder.keras was not written; "
+            "rerun with a lower --learning_rate (it may change on resume)")
 
 
 def _previous_run(model_dir):

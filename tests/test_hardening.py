@@ -1,0 +1,78 @@
+"""A user's mistakes and a machine's faults on tiny runs: one process per run folder (a stale
+lock taken over), no non-finite state saved, a learning rate that may change on resume, and
+bit-identical runs under one seed."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mobile_pirl_tf import UsageError, training
+
+
+def cfg(model_dir, data_dir, **overrides):
+    base = dict(backbone="mobilenetv3small", image_size=32, batch_size=8, epochs=1,
+                num_negatives=16, data_dir=data_dir, model_dir=str(model_dir), verbose=0,
+                bn_recalibration_images=16)
+    return training.TrainConfig(**{**base, **overrides})
+
+
+def _files(folder):
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+def test_a_second_process_on_the_folder_is_refused_and_a_stale_lock_taken_over(
+        tmp_path, image_folder):
+    run = tmp_path / "run"
+    training.train(cfg(run, image_folder))
+    before = _files(run)
+    with training.run_lock(str(run)):  # held, as a running train.py holds it
+        with pytest.raises(UsageError, match=f"in use by train.py process {os.getpid()} on "):
+            training.train(cfg(run, image_folder, epochs=2))
+    after = _files(run)
+    after.pop("run.lock"), before.pop("run.lock")
+    assert after == before  # nothing of the first run was touched
+    # A lock file left by a killed process (no flock held) does not block.
+    (run / "run.lock").write_text("train.py process 999999 on elsewhere\n")
+    assert training.train(cfg(run, image_folder, epochs=2))["epochs_done"] == 2
+
+
+def test_divergence_saves_no_non_finite_state_and_the_learning_rate_may_change(
+        tmp_path, image_folder):
+    run = tmp_path / "run"
+    training.train(cfg(run, image_folder))
+    good = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    encoder_before = _files(run)["encoder.keras"]
+    with pytest.raises(FloatingPointError, match="lower --learning_rate"):
+        training.train(cfg(run, image_folder, epochs=2, learning_rate=1e30))
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")) == good
+    assert _files(run)["encoder.keras"] == encoder_before
+    reader = tf.train.load_checkpoint(good)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.isfinite(value).all(), name
+    # The advice works: a lower learning rate resumes the run, and run.json records it.
+    summary = training.train(cfg(run, image_folder, epochs=2, learning_rate=0.01))
+    assert summary["epochs_done"] == 2 and summary["resumed_from_epoch"] == 1
+    assert summary["learning_rate_changes"] == [{"epoch": 1, "from": 0.06, "to": 0.01}]
+    assert json.load(open(run / "config.json"))["learning_rate"] == 0.01
+
+
+def test_the_same_seed_gives_bit_identical_encoders(tmp_path, image_folder):
+    encoders = []
+    for name in ("a", "b"):
+        training.train(cfg(tmp_path / name, image_folder, seed=5))
+        encoders.append(keras.models.load_model(str(tmp_path / name / "encoder.keras")))
+        keras.backend.clear_session()
+    for x, y in zip(encoders[0].get_weights(), encoders[1].get_weights()):
+        np.testing.assert_array_equal(x, y)
