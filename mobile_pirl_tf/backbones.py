@@ -106,4 +106,9 @@ def load_encoder(model_dir=None, encoder_path=None):
         where = f"--encoder={encoder_path}" if encoder_path else f"--model_dir={model_dir}"
         raise UsageError(f"{where}: no encoder at {path}; train one with train.py "
                          "(it writes MODEL_DIR/encoder.keras) or pass --encoder=PATH")
-    return keras.models.load_model(path), path
+    try:
+        return keras.models.load_model(path), path
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file, whatever Keras raises
+        raise UsageError(f"{path} is not a readable Keras model ({type(e).__name__}); if a "
+                         "train.py run wrote it, rerun the same train.py command to write it "
+                         "again from the last checkpoint") from None

@@ -53,12 +53,20 @@ def read_and_decode(path):
 
 
 def _is_readable_image(path):
-    """Cheap integrity check (header + structure, no full decode) with Pillow."""
+    """Cheap integrity check (header + structure, no full decode) with Pillow, plus, for a JPEG,
+    its end-of-image marker in the last 4 KB (Pillow's verify passes a truncated JPEG, which
+    then fails to decode mid-epoch). In entropy-coded data 0xFF is stuffed as FF00, so FFD9
+    is only ever the marker."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            kind = im.format
             im.verify()
+        if kind == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 4096))
+                return b"\xff\xd9" in f.read()
         return True
     except Exception:  # noqa: BLE001 - any failure means "not an image we can use"
         return False
@@ -78,18 +86,43 @@ def decoded_bytes(paths, stop_above=None):
     return total
 
 
-def list_image_files(root):
-    """Sorted image files under `root` (any nesting) and counts of what was skipped."""
+def _utf8(name):
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate-escaped by os.walk)
+        return False
+
+
+def list_image_files(root, skipped=None):
+    """Sorted image files under `root` (any nesting) and counts of what was skipped: files that
+    are not images, images that do not decode (corrupt or truncated). Names that are not UTF-8
+    (TensorFlow's string tensors cannot hold them) are skipped too; directory links are
+    followed, but no directory is visited twice (a link loop would repeat images, so that an
+    image's own copies became its negatives): `skipped` (a dict) receives those counts."""
     if not os.path.isdir(root):
         raise UsageError(f"--data_dir={root} is not a directory")
     files, not_images, corrupt = [], 0, 0
+    skipped = {} if skipped is None else skipped
+    visited = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        visited.add(os.path.realpath(dirpath))
+        kept = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in visited:
+                skipped["repeated directories"] = skipped.get("repeated directories", 0) + 1
+            else:
+                visited.add(real)
+                kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             path = os.path.join(dirpath, name)
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
+            if not _utf8(path):
+                skipped["names not UTF-8"] = skipped.get("names not UTF-8", 0) + 1
+            elif not name.lower().endswith(IMAGE_EXTENSIONS):
                 not_images += 1
             elif _is_readable_image(path):
                 files.append(path)
@@ -99,19 +132,22 @@ def list_image_files(root):
 
 
 def folder_source(root):
-    files, not_images, corrupt = list_image_files(root)
+    other = {}
+    files, not_images, corrupt = list_image_files(root, other)
     if not files:
         raise UsageError(f"--data_dir={root} holds no readable image "
                          f"({', '.join(IMAGE_EXTENSIONS)}); {corrupt} corrupt, "
                          f"{not_images} other files")
-    if corrupt or not_images:
-        logging.warning("%s: using %d images; skipped %d corrupt image files and %d non-image "
-                        "files", root, len(files), corrupt, not_images)
+    if corrupt or not_images or other:
+        extra = "".join(f", {n} {what}" for what, n in other.items())
+        logging.warning("%s: using %d images; skipped %d corrupt or truncated image files and %d "
+                        "non-image files%s", root, len(files), corrupt, not_images, extra)
     else:
         logging.info("%s: %d images", root, len(files))
     return Source(name=os.path.abspath(root), keys=tf.data.Dataset.from_tensor_slices(files),
                   num_examples=len(files), decode=read_and_decode,
-                  skipped=corrupt + not_images, paths=files)
+                  skipped=corrupt + not_images + other.get("names not UTF-8", 0),
+                  paths=files)
 
 
 def _not_prepared(name, builder):

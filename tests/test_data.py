@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -98,3 +100,26 @@ def test_images_kept_in_memory_give_the_same_batches(image_folder):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     assert pipeline.image_cache(source, limit_bytes=cache.nbytes - 1) is None
+
+
+def test_link_loops_truncated_jpegs_and_non_utf8_names_are_skipped_and_counted(tmp_path):
+    import shutil
+
+    from conftest import write_image_folder
+
+    root = tmp_path / "images"
+    write_image_folder(str(root), num_images=16)
+    os.symlink(str(root), str(root / "group0" / "loop"))            # a directory link loop
+    jpeg = next(p for p in sorted(root.rglob("*.jpg")) if p.name != "broken.jpg")
+    data_bytes = jpeg.read_bytes()
+    (root / "truncated.jpg").write_bytes(data_bytes[:len(data_bytes) // 2])
+    shutil.copy(jpeg, os.fsencode(str(root)) + b"/caf\xe9.jpg")     # Latin-1, not UTF-8
+    skipped = {}
+    files, not_images, corrupt = data.list_image_files(str(root), skipped)
+    assert len(files) == 16 and corrupt == 2 and not_images == 1    # broken + truncated
+    assert skipped == {"repeated directories": 1, "names not UTF-8": 1}
+    source = data.folder_source(str(root))
+    assert source.num_examples == 16 and source.skipped == 4
+    # Every epoch keeps its length: no file fails at decode time.
+    ds = pipeline.pretraining_dataset(source, 32, 4, 4, seed=0, last_epoch=2)
+    assert sum(1 for _ in ds) == 8

@@ -76,3 +76,12 @@ def test_the_same_seed_gives_bit_identical_encoders(tmp_path, image_folder):
         keras.backend.clear_session()
     for x, y in zip(encoders[0].get_weights(), encoders[1].get_weights()):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_truncated_encoder_is_reported_as_such(tmp_path):
+    from mobile_pirl_tf import backbones
+
+    path = tmp_path / "encoder.keras"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(UsageError, match="not a readable Keras model.*rerun the same train.py"):
+        backbones.load_encoder(encoder_path=str(path))
