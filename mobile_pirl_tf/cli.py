@@ -9,7 +9,9 @@ flags, and one-line errors.
 Free of TensorFlow, like `config`.
 """
 
+import contextlib
 import dataclasses
+import logging
 import os
 import sys
 import typing
@@ -135,9 +137,62 @@ def help_text(doc):
     return "\n".join(lines)
 
 
+VERBOSE_ENV = "MOBILE_PIRL_VERBOSE"
+
+
+def verbose():
+    """Whether the framework's own logs are wanted (MOBILE_PIRL_VERBOSE=1)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def _python_stream_handlers():
+    from absl import logging as absl_logging
+
+    handlers = list(logging.getLogger().handlers)
+    handlers.append(absl_logging.get_absl_handler().python_handler)
+    return [h for h in handlers if isinstance(h, logging.StreamHandler)]
+
+
+@contextlib.contextmanager
+def framework_quiet():
+    """Inside the block, what is written to file descriptor 2 from C++ (TensorFlow's start-up
+    banners, the CUDA probe of a machine without a GPU, the LiteRT converter's notes) is
+    dropped, while Python's sys.stderr (our log lines, errors, tracebacks) still reaches the
+    terminal. MOBILE_PIRL_VERBOSE=1 keeps everything."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
+    handlers = [h for h in _python_stream_handlers() if h.stream is python_stderr]
+    for handler in handlers:
+        handler.setStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        for handler in handlers:
+            handler.setStream(python_stderr)
+        replaced, sys.stderr = sys.stderr, python_stderr
+        replaced.close()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _own_or_serious(record):
+    """Log records of this project (any level) and anyone's warnings and errors."""
+    return record.levelno >= logging.WARNING or os.path.abspath(record.pathname).startswith(REPO)
+
+
 def run(main, doc):
     """`absl.app.run(main)`, except that -h / --help / --helpshort print `help_text(doc)` and
-    exit 0, and a UsageError from main is printed as one line with exit code 2."""
+    exit 0, a UsageError from main is printed as one line with exit code 2, and the
+    framework's own output is dropped (`framework_quiet`)."""
     if any(arg in ("-h", "--help", "--helpshort", "-?") for arg in sys.argv[1:]):
         try:
             print(help_text(doc))
@@ -148,8 +203,15 @@ def run(main, doc):
     def guarded(argv):
         if len(argv) > 1:
             fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        if not verbose():
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices
+            from absl import logging as absl_logging
+
+            absl_logging.get_absl_handler().addFilter(_own_or_serious)
         try:
-            return main(argv)
+            with framework_quiet():
+                return main(argv)
         except UsageError as e:
             fail(e)
     app.run(guarded)

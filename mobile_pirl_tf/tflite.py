@@ -34,6 +34,7 @@ def converter_for(model):
     return converter
 
 
+from mobile_pirl_tf.cli import framework_quiet  # noqa: E402
 from mobile_pirl_tf.config import VARIANTS  # noqa: E402 - the names live with the flags
 
 INT8_IO_TYPES = {"uint8": tf.uint8, "int8": tf.int8}
@@ -50,6 +51,11 @@ def convert(model, variant, representative_images=None, io_type="uint8"):
       for qat_int8, `model` is the quantization-aware-trained model, whose fake-quant ranges are
       used where it has them.
     """
+    with framework_quiet():  # the converter's notes on stderr
+        return _convert(model, variant, representative_images, io_type)
+
+
+def _convert(model, variant, representative_images, io_type):
     converter = converter_for(model)
     if variant == "float32":
         return converter.convert()

@@ -112,3 +112,19 @@ def test_recipe_paper_sets_the_papers_values_and_explicit_flags_win():
         "infonce", 0.2, True)
     with pytest.raises(UsageError, match="--recipe"):
         config.TrainConfig.from_recipe("simclr")
+
+
+def test_framework_output_is_dropped_unless_verbose(tmp_path):
+    """TensorFlow is imported (the error comes after the data is read), yet stderr holds only
+    the tool's one line; MOBILE_PIRL_VERBOSE=1 brings the framework's start-up lines back."""
+    args = [sys.executable, os.path.join(REPO, "train.py"), f"--data_dir={tmp_path}",
+            "--backbone=mobilenetv3small", f"--model_dir={tmp_path / 'run'}"]
+    quiet = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert quiet.returncode == 2
+    assert quiet.stderr.strip().splitlines() == [
+        f"error: --data_dir={tmp_path} holds no readable image (.jpg, .jpeg, .png, .bmp, .gif, "
+        ".webp); 0 corrupt, 0 other files"], quiet.stderr
+    loud = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "MOBILE_PIRL_VERBOSE": "1",
+                               "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert loud.returncode == 2 and len(loud.stderr.strip().splitlines()) > 1
