@@ -7,7 +7,9 @@ linear-probe top-1 of `probes` computed on the variant's features (when a labell
 given, beside the Keras encoder's own); host latency with the LiteRT interpreter and XNNPACK
 (median and p90 after warm-up, per thread count); the op list (no Flex op may appear). A
 variant whose mean centred cosine falls below its tolerance (`MIN_COSINE`) fails the export
-loudly, after the report is written.
+loudly, after the report is written: a failed variant is written as <variant>.failed.tflite and
+the report as report.failed.json, so only variants that pass carry the names apps load, and a
+rerun needs no --overwrite.
 
 Images: calibration (int8), QAT distillation and agreement images are centre crops of the
 training data, drawn with a fixed seed; the agreement images are disjoint from the others.
@@ -100,9 +102,6 @@ def export_encoder(encoder, out_dir, source, config: ExportConfig, probe_splits=
                                               c.qat_epochs, c.qat_learning_rate, seed)
         flatbuffer = tflite.convert(model, variant, calibration, c.int8_io)
         path = os.path.join(out_dir, f"{variant}.tflite")
-        with open(path + ".tmp", "wb") as f:
-            f.write(flatbuffer)
-        os.replace(path + ".tmp", path)
         runner = tflite.interpreter(flatbuffer, num_threads=2)  # one for every batch below
         entry = {"file": path, "bytes": len(flatbuffer), "ops": tflite.op_names(flatbuffer),
                  "flex_ops": tflite.flex_ops(flatbuffer), **extra,
@@ -116,18 +115,26 @@ def export_encoder(encoder, out_dir, source, config: ExportConfig, probe_splits=
                            and not entry["flex_ops"])
         entry["seconds"] = round(time.time() - started, 1)
         report["variants"][variant] = entry
+        if not entry["passed"]:  # kept for inspection under a name that says so
+            entry["file"] = path = os.path.join(out_dir, f"{variant}.failed.tflite")
+        with open(path + ".tmp", "wb") as f:
+            f.write(flatbuffer)
+        os.replace(path + ".tmp", path)
         if not entry["passed"]:
             failures.append(f"{variant} (centred cosine {entry['centred_cosine_mean']:.4f} < "
                             f"{MIN_COSINE[variant]}, flex ops {entry['flex_ops']})")
     base = report["variants"].get("float32", {}).get("bytes")
     for entry in report["variants"].values():
         entry["size_vs_float32"] = entry["bytes"] / base if base else None
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
+    # A failed export's report says so in its name: a rerun then needs no --overwrite.
+    report_path = os.path.join(out_dir, "report.failed.json" if failures else "report.json")
+    with open(report_path, "w") as f:
         json.dump(report, f, indent=2)
     log(format_report(report))
     if failures:
         raise ExportMismatch("converted model disagrees with the Keras encoder: "
-                             + "; ".join(failures) + f" (report: {out_dir}/report.json)")
+                             + "; ".join(failures) + f" (report: {report_path}; the failed "
+                             "variants kept as <variant>.failed.tflite)")
     return report
 
 

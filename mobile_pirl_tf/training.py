@@ -142,8 +142,20 @@ def _remove_leftovers(model_dir):
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
+def _recorded(config):
+    """The configuration as config.json records it: the data that was used (a --data_dir
+    overrides --dataset, so the TFDS name is not recorded beside it)."""
+    out = dataclasses.asdict(config)
+    if out.get("data_dir"):
+        out["dataset"] = None
+    return out
+
+
 def _comparable(config_dict):
-    return {k: v for k, v in config_dict.items() if k not in TrainConfig.RESUMABLE}
+    out = {k: v for k, v in config_dict.items() if k not in TrainConfig.RESUMABLE}
+    if out.get("data_dir"):  # runs recorded before `_recorded` named the unused TFDS set
+        out["dataset"] = None
+    return out
 
 
 def prepare_model_dir(config, num_examples):
@@ -151,7 +163,7 @@ def prepare_model_dir(config, num_examples):
     Returns {"from": old, "to": new} when the learning rate changes on resume ({} otherwise);
     config.json takes the new one once an epoch has trained with it (`_record_lr_change`)."""
     path = os.path.join(config.model_dir, "config.json")
-    wanted = {**dataclasses.asdict(config), "num_examples": num_examples}
+    wanted = {**_recorded(config), "num_examples": num_examples}
     if os.path.exists(path):
         with open(path) as f:
             # A field added after that run was made takes its default (the run used it).
@@ -292,7 +304,7 @@ def _train_locked(config, source, steps_per_epoch, started, backbone_fn):
     history = {k: previous.get("history", {}).get(k, [])[:initial_epoch] + v
                for k, v in history_logs.items()} or previous.get("history", {})
     summary = {
-        "config": dataclasses.asdict(config),
+        "config": _recorded(config),
         "num_examples": source.num_examples,
         "skipped_files": source.skipped,
         "steps_per_epoch": steps_per_epoch,

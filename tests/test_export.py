@@ -131,6 +131,22 @@ def test_stale_batchnorm_is_flagged_and_recalibration_fixes_it(tmp_path, labelle
     assert "--recalibrate_bn_images" in warnings[0][0] and not warnings[16]
 
 
+def test_a_failed_variant_is_kept_under_a_name_that_says_so(tmp_path, labelled_folder,
+                                                             monkeypatch):
+    """A variant below its tolerance (forced here: float32 must reach a cosine above 1) is
+    written as <variant>.failed.tflite with report.failed.json; no file an app would load
+    carries its name, so a rerun needs no --overwrite."""
+    monkeypatch.setitem(deploy.MIN_COSINE, "float32", 1.01)
+    source = data.folder_source(os.path.join(labelled_folder, "train"))
+    export_config = config.ExportConfig(variants=("float32", "float16"), agreement_images=8,
+                                        latency_runs=1, threads=(1,))
+    with pytest.raises(deploy.ExportMismatch, match="float32 .*<variant>.failed.tflite"):
+        deploy.export_encoder(trained_like_encoder("mobilenetv3small", labelled_folder),
+                              str(tmp_path), source, export_config, log=lambda *_: None)
+    assert sorted(os.listdir(tmp_path)) == ["float16.tflite", "float32.failed.tflite",
+                                            "report.failed.json"]
+
+
 def test_int8_io_type_is_selectable(mobilenetv3_export, labelled_folder):
     encoder, _, _ = mobilenetv3_export
     images = data.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),

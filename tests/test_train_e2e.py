@@ -40,6 +40,9 @@ def test_two_epochs_write_checkpoint_encoder_and_run_json(two_epoch_run):
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-2")
     with open(os.path.join(model_dir, "run.json")) as f:
         assert json.load(f)["epochs_done"] == 2
+    with open(os.path.join(model_dir, "config.json")) as f:  # the data used, not the TFDS default
+        recorded = json.load(f)
+    assert recorded["data_dir"] and recorded["dataset"] is None
     encoder = keras.models.load_model(os.path.join(model_dir, "encoder.keras"))
     assert encoder.input_shape == (None, 32, 32, 3)
     assert encoder(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 576)  # no heads
