@@ -17,6 +17,7 @@ training data, drawn with a fixed seed; the agreement images are disjoint from t
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -109,6 +110,8 @@ def export_encoder(encoder, out_dir, source, config: ExportConfig, probe_splits=
         if probe_splits:
             entry["probe_top1"] = probe(lambda x, r=runner: tflite.run(r, x), *probe_splits, size,
                                         seed)
+        log(f"{variant}: timing {c.latency_runs} runs on {', '.join(map(str, threads))} "
+            "thread(s) ...")
         entry["latency_ms"] = {str(t): tflite.measure_latency(flatbuffer, t, c.latency_runs)
                                for t in threads}
         entry["passed"] = (entry["centred_cosine_mean"] >= MIN_COSINE[variant]
@@ -159,8 +162,9 @@ def quantization_aware(encoder, backbone, width, calibration, images, epochs, le
     losses = []
     if epochs:
         teacher = np.asarray(encoder.predict(images, verbose=0, batch_size=32))
+        # Keras' own progress: a bar on a terminal, a line per epoch in a log.
         losses = qat.distill(model, images, teacher, feature_scale(teacher), epochs,
-                             learning_rate, seed=seed)
+                             learning_rate, seed=seed, verbose=1 if sys.stdout.isatty() else 2)
     return model, {"twin_max_abs_diff": difference, "qat_epochs": epochs,
                    "qat_images": int(len(images)) if epochs else 0,
                    "qat_distillation_loss": losses}

@@ -9,12 +9,14 @@ and the BN setting, so any change recomputes.
 
 import hashlib
 import logging
+import math
 import os
 
 import numpy as np
 
 from mobile_pirl_tf import batchnorm, data
 from mobile_pirl_tf.batchnorm import BN_RECALIBRATION_IMAGES
+from mobile_pirl_tf.progress import Progress
 
 
 def _file_fingerprint(path):
@@ -50,8 +52,11 @@ def extract_features(encoder, encoder_path, split, image_size, cache_dir=None,
     if path and os.path.exists(path):
         logging.info("features from cache %s", path)
         return np.load(path)
-    features = np.concatenate([encoder.predict_on_batch(batch)
-                               for batch in data.split_images(split, image_size)])
+    batches = math.ceil(len(split.labels) / 128)
+    with Progress(f"features of {split.name.rsplit(':', 1)[-1]} ({len(split.labels)} images)",
+                  batches) as progress:
+        features = np.concatenate([encoder.predict_on_batch(batch) for batch in
+                                   progress.wrap(data.split_images(split, image_size, 128))])
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = path + ".tmp.npy"

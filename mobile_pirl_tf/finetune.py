@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from mobile_pirl_tf import UsageError, baselines, batchnorm, data, probes
 from mobile_pirl_tf.data import LabelledSplit
+from mobile_pirl_tf.progress import Progress, keras_callback
 
 FINETUNE_RECIPE = {"epochs": 30, "min_steps": 200, "batch_size": 64, "learning_rate": 0.1,
                    "backbone_lr_ratio": 1.0, "momentum": 0.9, "nesterov": True,
@@ -127,8 +128,10 @@ def train_classifier(encoder, train, image_size, backbone_lr_ratio, seed=0,
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     model.compile(optimizer=optimizer, metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(baselines.supervised_dataset(train, image_size, batch, seed), epochs=1,
-              steps_per_epoch=steps, verbose=verbose)
+    with Progress(f"fine-tuning on {len(train.labels)} images (steps)", steps) as progress:
+        model.fit(baselines.supervised_dataset(train, image_size, batch, seed), epochs=1,
+                  steps_per_epoch=steps, verbose=verbose,
+                  callbacks=[keras_callback(progress, per="batch")])
     batchnorm.recalibrate_batchnorm(encoder, train, image_size, len(train.labels), seed=seed)
     return model, steps
 

@@ -23,6 +23,7 @@ import tensorflow as tf
 from mobile_pirl_tf import UsageError, backbones, features
 from mobile_pirl_tf.batchnorm import BN_RECALIBRATION_IMAGES
 from mobile_pirl_tf.config import PROTOCOLS
+from mobile_pirl_tf.progress import Progress, keras_callback
 
 LINEAR_RECIPE = {"epochs": 100, "batch_size": 256, "learning_rate": 0.1, "momentum": 0.9,
                  "nesterov": True, "l2": 5e-4, "schedule": "cosine", "standardise": True}
@@ -70,8 +71,10 @@ def linear_probe_scores(train_features, train_labels, test_features, num_classes
         optimizer=keras.optimizers.SGD(schedule, momentum=recipe["momentum"],
                                        nesterov=recipe["nesterov"]),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    classifier.fit(x_train, train_labels, batch_size=recipe["batch_size"],
-                   epochs=recipe["epochs"], shuffle=True, verbose=0)
+    with Progress("linear probe (epochs)", recipe["epochs"]) as progress:
+        classifier.fit(x_train, train_labels, batch_size=recipe["batch_size"],
+                       epochs=recipe["epochs"], shuffle=True, verbose=0,
+                       callbacks=[keras_callback(progress)])
     return classifier.predict(x_test, batch_size=1024, verbose=0)
 
 

@@ -128,3 +128,27 @@ def test_framework_output_is_dropped_unless_verbose(tmp_path):
                           env={**os.environ, "MOBILE_PIRL_VERBOSE": "1",
                                "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert loud.returncode == 2 and len(loud.stderr.strip().splitlines()) > 1
+
+
+def test_progress_is_a_bar_on_a_terminal_and_bounded_lines_in_a_log(caplog):
+    import io
+    import logging
+
+    from mobile_pirl_tf.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    with Progress("features", 4, stream=screen) as progress:
+        list(progress.wrap(range(4)))
+    assert screen.getvalue().count("\r") == 4 and "features: 4/4" in screen.getvalue()
+    caplog.set_level(logging.INFO)
+    log = io.StringIO()
+    with Progress("probe", 1000, interval=3600, stream=log) as progress:
+        for _ in range(1000):
+            progress.update()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("probe")]
+    assert len(lines) == 2 and lines[0].startswith("probe: 1/1000, ")  # first, then the last
+    assert lines[-1].startswith("probe: 1000/1000") and log.getvalue() == ""
