@@ -23,10 +23,14 @@ when its interval clears the runner-up's (otherwise the tied set is listed).
 
 A cell is (backbone, transforms, seed): its run folder is shared by every stage that needs it,
 so a cell of A reappearing in C is not trained twice. Each stage's cells are trials of an
-Optuna study (`--storage`, an SQLite file in --output_dir by default; an RDB URL lets several
-machines work on one study): the rung scores are reported to them, cut cells are marked
-pruned, and a rerun continues where the last stopped (finished cells are read back, an
-interrupted cell resumes from its last epoch checkpoint). The halving rule itself is applied
+Optuna study (`--storage`, an SQLite file in --output_dir by default): the rung scores are
+reported to them, cut cells are marked pruned, and a rerun continues where the last stopped
+(finished cells are read back, an interrupted cell resumes from its last epoch checkpoint).
+Several machines can work on one study: the same command with one --output_dir on a shared
+file system and one --storage (an RDB URL, e.g. postgresql://...): a cell whose run.lock
+another worker holds is left for last in the rung and its score read back when that worker
+has written it (or trained here, if that worker died). Start one worker first, until its plan
+is printed, so that the stage's trials are created once. The halving rule itself is applied
 over the whole rung at once: Optuna's `SuccessiveHalvingPruner` is the asynchronous variant
 (a cell is judged against the cells that reached the rung before it), which on one machine
 keeps the first cells of every rung whatever their score.
@@ -62,6 +66,13 @@ PIPELINE_FACTOR = 1.25  # whole fed steps / the step alone (RESULTS.md: 181 vs 2
 
 class OutOfBudget(Exception):
     """The next piece of work would run past --budget_hours."""
+
+
+class CellBusy(Exception):
+    """Another process (another machine sharing the output folder) is training the cell."""
+
+
+BUSY_POLL_SECONDS = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +261,12 @@ class CellRunner:
         cfg = dataclasses.replace(self.base, backbone=cell.backbone, transforms=cell.transforms,
                                   seed=cell.seed, epochs=epochs, schedule_epochs=self.max_epochs,
                                   model_dir=self.cell_dir(cell), verbose=0)
-        summary = training.train(cfg)
+        try:
+            summary = training.train(cfg)
+        except UsageError as e:
+            if "is in use by" in str(e):  # its run.lock is held
+                raise CellBusy(str(e)) from None
+            raise
         encoder, path = backbones.load_encoder(encoder_path=summary["encoder"])
         train_f, test_f = features.features_for(
             encoder, path, self.train_split, self.test_split, cfg.image_size, cache_dir=None,
@@ -339,7 +355,7 @@ class Stage:
         for attempt in (1, 2):  # a failed cell is retried once (it resumes its checkpoint)
             try:
                 return self.runner.run(cell, epochs, linear)
-            except (KeyboardInterrupt, UsageError, OutOfBudget):
+            except (KeyboardInterrupt, UsageError, OutOfBudget, CellBusy):
                 raise
             except Exception as e:  # noqa: BLE001 - recorded, the study goes on
                 message = " ".join(f"{type(e).__name__}: {e}".split())[:300]
@@ -348,6 +364,32 @@ class Stage:
                 _clear()
         self.failed[cell.key] = message
         return None
+
+    def _train_when_free(self, cell, epochs, linear=False):
+        """`_train`, waiting while another worker holds the cell (it may finish it, and its
+        score is read back; or die, and the cell is trained here)."""
+        while True:
+            try:
+                return self._train(cell, epochs, linear)
+            except CellBusy:
+                self.budget.check(BUSY_POLL_SECONDS, f"waiting for {cell.key}")
+                time.sleep(BUSY_POLL_SECONDS)
+
+    def _train_all(self, cells, epochs, linear=False, before=None):
+        """{cell: result} of `_train` over cells; a cell another worker is training is left
+        for last and waited for, so workers sharing the output folder split the rung."""
+        results, busy = {}, []
+        for cell in cells:
+            if before:
+                before(cell)
+            try:
+                results[cell] = self._train(cell, epochs, linear)
+            except CellBusy:
+                self.log(f"  {cell.key}: another worker is training it; coming back to it")
+                busy.append(cell)
+        for cell in busy:
+            results[cell] = self._train_when_free(cell, epochs, linear)
+        return results
 
     def run_halving(self):
         """Trains the rungs; returns the cells that reached --max_epochs, best first.
@@ -364,30 +406,35 @@ class Stage:
         for i, r in enumerate(self.rungs):
             pending = [k for k in alive if r not in self.runner.scores(by_key[k])]
             scores = {}
-            for key in alive:
-                if key in pending:
+
+            def announce(cell, i=i, r=r, pending=pending):
+                if cell.key in pending:
                     self.log(f"[stage {self.name}] rung {i + 1}/{len(self.rungs)} ({r} epochs): "
-                             f"{key} ({pending.index(key) + 1} of {len(pending)}; "
+                             f"{cell.key} ({pending.index(cell.key) + 1} of {len(pending)}; "
                              f"{self.budget.left_text()} of the budget left)")
-                result = self._train(by_key[key], r)
+            results = self._train_all([by_key[k] for k in alive], r, before=announce)
+            for key in alive:
+                result = results[by_key[key]]
                 trial = trials[key]
                 if result is None:
                     if trial.state == TrialState.RUNNING:
-                        study.tell(trial.number, state=TrialState.FAIL)
+                        _record(lambda n=trial.number: study.tell(n, state=TrialState.FAIL))
                     continue
                 scores[key] = result["knn_top1"]
                 if trial.state == TrialState.RUNNING and r not in trial.intermediate_values:
-                    Trial(study, trial._trial_id).report(scores[key], r)
+                    _record(lambda t=trial, v=scores[key], r=r:
+                            Trial(study, t._trial_id).report(v, r))
             self.rung_scores[r] = dict(scores)
             last = i + 1 == len(self.rungs)
             kept = sorted(scores, key=lambda k: -scores[k]) if last else \
                 keep_best(scores, self.f.eta)
             for key in scores:
                 if trials[key].state == TrialState.RUNNING and (last or key not in kept):
+                    number = trials[key].number
                     if key in kept:
-                        study.tell(trials[key].number, scores[key])
+                        _record(lambda n=number, v=scores[key]: study.tell(n, v))
                     else:
-                        study.tell(trials[key].number, state=TrialState.PRUNED)
+                        _record(lambda n=number: study.tell(n, state=TrialState.PRUNED))
             alive = kept
         return [by_key[k] for k in alive]
 
@@ -395,19 +442,26 @@ class Stage:
         """Halving, then the finalists under --seeds seeds: returns the finalists' results."""
         survivors = self.run_halving()
         finalists = survivors[:self.f.finalists]
-        results = []
-        for cell in finalists:
-            runs = []
-            for seed in range(self.f.seeds):
-                seeded = cell.with_seed(seed)
-                if seed and self.f.max_epochs not in self.runner.scores(seeded):
-                    self.log(f"[stage {self.name}] finalist {cell.backbone}/{cell.transforms} "
-                             f"seed {seed} ({self.budget.left_text()} of the budget left)")
-                result = self._train(seeded, self.f.max_epochs, linear=True)
-                if result is not None:
-                    runs.append(result)
-            results.append({"cell": cell, "runs": runs})
-        return results
+        def announce(seeded):
+            if seeded.seed and self.f.max_epochs not in self.runner.scores(seeded):
+                self.log(f"[stage {self.name}] finalist {seeded.backbone}/{seeded.transforms} "
+                         f"seed {seeded.seed} ({self.budget.left_text()} of the budget left)")
+        seeded = [c.with_seed(seed) for c in finalists for seed in range(self.f.seeds)]
+        done = self._train_all(seeded, self.f.max_epochs, linear=True, before=announce)
+        return [{"cell": c, "runs": [done[s] for s in seeded if s.backbone == c.backbone
+                                     and s.transforms == c.transforms and done[s] is not None]}
+                for c in finalists]
+
+
+def _record(update):
+    """Applies an update to the Optuna record, unless another worker sharing the storage has
+    already finished that trial (the same cell, the same outcome)."""
+    import optuna
+
+    try:
+        update()
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as e:
+        logging.info("trial already recorded by another worker: %s", e)
 
 
 class Budget:

@@ -178,3 +178,30 @@ def test_tiny_study_reports_records_failures_and_reruns_without_training(
     calls.clear()
     study.run_study(f, base, log=logs.append)
     assert set(calls) <= {"mnasnet_a1/rotation/seed0"}
+
+
+def test_a_cell_another_worker_holds_is_left_for_last_then_read_back(tmp_path, monkeypatch):
+    names = ["rotation", "crop", "color"]
+    runner = FakeRunner(dict(zip(names, [0.3, 0.2, 0.1])))
+    real_run, order = runner.run, []
+
+    def shared_run(cell, epochs, linear=False):
+        if cell.transforms == "rotation" and not order.count("rotation"):
+            order.append("rotation")
+            raise study.CellBusy("in use by train.py process 1 on elsewhere")
+        order.append(cell.transforms)
+        return real_run(cell, epochs, linear)
+
+    runner.run = shared_run
+    monkeypatch.setattr(study, "BUSY_POLL_SECONDS", 0.0)
+
+    class OneRung(Flags):
+        min_epochs = max_epochs = 1
+        finalists, seeds = 1, 1
+
+    stage = study.Stage("Y", [study.Cell("b", n) for n in names], runner, FakeCosts(),
+                        study.Budget(0), OneRung, f"sqlite:///{tmp_path / 's.db'}",
+                        log=lambda *_: None)
+    results = stage.run()
+    assert order[:4] == ["rotation", "crop", "color", "rotation"]  # busy one retried last
+    assert [r["cell"].transforms for r in results] == ["rotation"]
