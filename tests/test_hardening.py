@@ -46,6 +46,7 @@ def test_a_second_process_on_the_folder_is_refused_and_a_stale_lock_taken_over(
     assert training.train(cfg(run, image_folder, epochs=2))["epochs_done"] == 2
 
 
+@pytest.mark.slow
 def test_divergence_saves_no_non_finite_state_and_the_learning_rate_may_change(
         tmp_path, image_folder):
     run = tmp_path / "run"
@@ -68,6 +69,7 @@ def test_divergence_saves_no_non_finite_state_and_the_learning_rate_may_change(
     assert json.load(open(run / "config.json"))["learning_rate"] == 0.01
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_bit_identical_encoders(tmp_path, image_folder):
     encoders = []
     for name in ("a", "b"):
@@ -85,3 +87,38 @@ def test_a_truncated_encoder_is_reported_as_such(tmp_path):
     path.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(UsageError, match="not a readable Keras model.*rerun the same train.py"):
         backbones.load_encoder(encoder_path=str(path))
+
+
+@pytest.mark.slow
+def test_killed_mid_run_then_resumed_gives_the_encoder_of_an_uninterrupted_run(
+        tmp_path, image_folder):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    args = dict(backbone="mobilenetv3small", image_size=32, batch_size=4, epochs=3,
+                num_negatives=16, data_dir=image_folder, verbose=0, bn_recalibration_images=16,
+                seed=2)
+    training.train(training.TrainConfig(**args, model_dir=str(tmp_path / "whole")))
+    keras.backend.clear_session()
+    run = tmp_path / "killed"
+    command = [sys.executable, os.path.join(REPO, "train.py")] + [
+        f"--{k}={v}" for k, v in args.items()] + [f"--model_dir={run}"]
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (run / "checkpoints" / "ckpt-1.index").exists():  # mid-run: epoch 1 saved
+        assert child.poll() is None and time.time() < deadline, "the child ended or hung"
+        time.sleep(0.2)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=60)
+    assert not (run / "encoder.keras").exists()
+    summary = training.train(training.TrainConfig(**args, model_dir=str(run)))
+    assert summary["resumed_from_epoch"] in (1, 2)
+    whole = keras.models.load_model(str(tmp_path / "whole" / "encoder.keras"))
+    resumed = keras.models.load_model(str(run / "encoder.keras"))
+    for x, y in zip(whole.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(x, y)
