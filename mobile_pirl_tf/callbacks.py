@@ -28,9 +28,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
     nothing, so the last good checkpoint stays the one a rerun resumes from.
     """
 
-    def __init__(self, manager, epoch_variable):
+    def __init__(self, manager, epoch_variable, on_saved=None):
         super().__init__()
         self.manager, self.epoch_variable = manager, epoch_variable
+        self.on_saved = on_saved  # on_saved(epoch, logs) after each checkpoint
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -49,6 +50,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 f"{ADVICE}")
         self.epoch_variable.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
+        if self.on_saved:
+            self.on_saved(epoch, logs or {})
 
 
 class KNNMonitor(keras.callbacks.Callback):

@@ -8,6 +8,8 @@
     encoder.keras      the backbone alone (no heads), input [image_size, image_size, 3] pixels,
                        its batch-norm statistics re-estimated on centre crops of training images
                        (`--bn_recalibration_images`): the encoder to evaluate and to ship
+    history.json       the loss terms of every finished epoch, written with each checkpoint
+                       (so a run killed at any point keeps them)
     run.json           flags, epochs done, loss terms per epoch (over every invocation), wall
                        time, how the encoder's batch-norm statistics were set, learning-rate
                        changes made on resume
@@ -230,10 +232,18 @@ def _fit(model, config, source, steps_per_epoch, initial_epoch, manager, epoch_v
     dataset = pipeline.pretraining_dataset(
         source, config.image_size, config.batch_size, steps_per_epoch, config.seed,
         initial_epoch, config.epochs, config.transform_names(), config.transform_params(), cache)
-    fit_callbacks = [callbacks.EpochCheckpoint(manager, epoch_variable)]
-    if config.monitor_data_dir:  # before TensorBoard, so knn_top1 is logged
+    history = _saved_history(config.model_dir)
+
+    def record(epoch, logs):
+        for key, value in logs.items():
+            history[key] = history.get(key, [])[:epoch] + [float(value)]
+        _write_json(os.path.join(config.model_dir, "history.json"), history)
+
+    fit_callbacks = []
+    if config.monitor_data_dir:  # first, so knn_top1 is recorded and logged
         fit_callbacks.append(callbacks.KNNMonitor(config.monitor_data_dir, config.image_size,
                                                   config.monitor_every))
+    fit_callbacks.append(callbacks.EpochCheckpoint(manager, epoch_variable, record))
     fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"),
                                                      update_freq="epoch"))
     history = model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
@@ -301,8 +311,9 @@ def _train_locked(config, source, steps_per_epoch, started, backbone_fn):
         path = os.path.join(config.model_dir, "config.json")
         with open(path) as f:
             _write_json(path, {**json.load(f), "learning_rate": config.learning_rate})
-    history = {k: previous.get("history", {}).get(k, [])[:initial_epoch] + v
-               for k, v in history_logs.items()} or previous.get("history", {})
+    saved = _saved_history(config.model_dir)
+    history = {k: saved.get(k, [])[:initial_epoch] + v
+               for k, v in history_logs.items()} or saved
     summary = {
         "config": _recorded(config),
         "num_examples": source.num_examples,
@@ -338,6 +349,16 @@ def check_encoder_finite(encoder, source, seed, images=8):
         raise FloatingPointError(
             f"the trained encoder is not finite ({bad[0]}); encoder.keras was not written; "
             "rerun with a lower --learning_rate (it may change on resume)")
+
+
+def _saved_history(model_dir):
+    """The per-epoch history kept so far: history.json (written at every checkpoint), else an
+    older run's run.json."""
+    path = os.path.join(model_dir, "history.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return _previous_run(model_dir).get("history", {})
 
 
 def _previous_run(model_dir):

@@ -118,6 +118,7 @@ def test_killed_mid_run_then_resumed_gives_the_encoder_of_an_uninterrupted_run(
     assert not (run / "encoder.keras").exists()
     summary = training.train(training.TrainConfig(**args, model_dir=str(run)))
     assert summary["resumed_from_epoch"] in (1, 2)
+    assert len(summary["history"]["loss"]) == 3  # the killed invocation's epochs kept
     whole = keras.models.load_model(str(tmp_path / "whole" / "encoder.keras"))
     resumed = keras.models.load_model(str(run / "encoder.keras"))
     for x, y in zip(whole.get_weights(), resumed.get_weights()):
