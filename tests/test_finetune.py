@@ -65,6 +65,7 @@ def test_finetune_moves_the_encoder_and_the_linear_probe_does_not(toy, tmp_path)
     assert sum(moved) > 0.9 * len(moved)
 
 
+@pytest.mark.slow
 def test_separable_toy_set_from_ten_percent_of_its_labels_and_report_fields(toy):
     train, test = toy
     report = finetune.fine_tune_report(

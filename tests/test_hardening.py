@@ -30,6 +30,7 @@ def _files(folder):
     return out
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_folder_is_refused_and_a_stale_lock_taken_over(
         tmp_path, image_folder):
     run = tmp_path / "run"
