@@ -177,6 +177,7 @@ def measure_cell_costs(base, cell, scratch_dir):
     import shutil
 
     import numpy as np
+    import tensorflow as tf
 
     from mobile_pirl_tf import backbones, pipeline, training
 
@@ -200,7 +201,7 @@ def measure_cell_costs(base, cell, scratch_dir):
     model = training.build_pirl(cfg, 10_000)
     training.set_schedule(model, cfg, 1000)
     training.build_variables(model, cfg)
-    step = __import__("tensorflow").function(model.train_step)
+    step = tf.function(model.train_step)
     batch = pipeline.synthetic_batch(base.batch_size, base.image_size, 10_000,
                                      names=cfg.transform_names())
     float(step(batch)["loss"])
