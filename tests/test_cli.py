@@ -152,3 +152,18 @@ def test_progress_is_a_bar_on_a_terminal_and_bounded_lines_in_a_log(caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("probe")]
     assert len(lines) == 2 and lines[0].startswith("probe: 1/1000, ")  # first, then the last
     assert lines[-1].startswith("probe: 1000/1000") and log.getvalue() == ""
+
+
+@pytest.mark.slow
+def test_a_tiny_run_prints_no_framework_lines(tmp_path, image_folder):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"), f"--data_dir={image_folder}",
+         "--backbone=mobilenetv3small", "--image_size=32", "--batch_size=8", "--epochs=1",
+         "--bn_recalibration_images=16", f"--model_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    for framework in ("I0000", "E0000", "W0000", "absl::InitializeLog", "cuda", "oneDNN",
+                      "retracing", "functional_saver"):
+        assert framework not in output, framework
+    assert "done: 1 epochs" in result.stdout
