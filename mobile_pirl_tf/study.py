@@ -552,7 +552,7 @@ def run_study(flags, base, log=print):
     needed = {(b, kind) for b in f.backbones for kind in kinds}
     for backbone, kind in sorted(needed):
         costs.measure(backbone, kind, scratch, log)
-    study_backbone = f.study_backbone or f.backbones[0]
+    study_backbone = f.study_backbone or f.backbones[0]  # B's cost until A has a winner
     estimate = plan(f, base, runner, costs, study_backbone)
     log(f"plan ({machine()}; {steps} steps per epoch, rungs "
         f"{rungs(f.min_epochs, f.max_epochs, f.eta)} epochs, {f.seeds} seeds for "
@@ -562,6 +562,10 @@ def run_study(flags, base, log=print):
     total = sum(estimate.values())
     fits = "within" if total <= budget.seconds else "OVER"
     log(f"  total: about {_duration(total)} ({fits} the budget of {budget.left_text()})")
+    if total > budget.seconds:
+        log("  the study will stop at the budget with a partial report (a rerun continues); to "
+            "fit, lower --max_epochs, --steps_per_epoch or --seeds, or pass fewer --backbones / "
+            "--transforms")
     state = {"flags": {k: getattr(f, k) for k in FLAG_NAMES}, "base": dataclasses.asdict(base),
              "machine": machine(), "plan_seconds": estimate, "stages": {}, "stopped": None,
              "splits": {"train": len(splits[0].labels), "test": len(splits[1].labels)},
@@ -701,13 +705,30 @@ def backbone_cost(backbone, image_size, source, phone_results, cache_dir, log=pr
             json.dump(row, f, indent=2)
         _clear()
     row = dict(row)
-    for json_path in phone_results or ():
-        with open(json_path) as f:
-            phone = json.load(f)
-        for entry in phone if isinstance(phone, list) else [phone]:
-            if entry.get("backbone") == backbone and entry.get("variant") == "int8":
-                row["phone_int8_ms"] = entry.get("median_ms")
+    phone = phone_latency(phone_results or ()).get((backbone, "int8"))
+    if phone is not None:
+        row["phone_int8_ms"] = phone
     return row
+
+
+def phone_latency(json_paths):
+    """{(backbone, variant): inference_avg_ms} of export/benchmark_phone.py results: the variant
+    is the timed file's name (int8.tflite -> int8), the backbone the one named in the
+    report.json that export/to_tflite.py wrote beside it."""
+    out = {}
+    for json_path in json_paths:
+        with open(json_path) as f:
+            result = json.load(f)
+        model = result.get("model", "")
+        report_path = os.path.join(os.path.dirname(model), "report.json")
+        if not os.path.exists(report_path):
+            raise UsageError(f"--phone_results={json_path}: no report.json beside {model} names "
+                             "its backbone; time files that export/to_tflite.py wrote")
+        with open(report_path) as f:
+            backbone = json.load(f).get("backbone")
+        variant = os.path.splitext(os.path.basename(model))[0]
+        out[(backbone, variant)] = result["inference_avg_ms"]
+    return out
 
 
 # --- command line ---------------------------------------------------------------------------

@@ -205,3 +205,18 @@ def test_a_cell_another_worker_holds_is_left_for_last_then_read_back(tmp_path, m
     results = stage.run()
     assert order[:4] == ["rotation", "crop", "color", "rotation"]  # busy one retried last
     assert [r["cell"].transforms for r in results] == ["rotation"]
+
+
+def test_phone_latency_is_read_from_benchmark_phone_results(tmp_path):
+    import json
+
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    (export / "report.json").write_text(json.dumps({"backbone": "mobilenetv2"}))
+    result = tmp_path / "int8.Pixel_7.json"
+    result.write_text(json.dumps({"model": str(export / "int8.tflite"),
+                                  "inference_avg_ms": 3.25}))
+    assert study.phone_latency([str(result)]) == {("mobilenetv2", "int8"): 3.25}
+    (export / "report.json").unlink()
+    with pytest.raises(study.UsageError, match="no report.json"):
+        study.phone_latency([str(result)])
