@@ -10,13 +10,14 @@ Stages, each choosing its candidates from the previous one's results:
   B  every single transform of --transforms, every pair, and triples (the two best pairs, each
      extended by a transform of the three best singles), on the stage-A winner (or
      --study_backbone);
-  C  every backbone with the --top_k best combinations of B;
+  C  every mobile backbone (all but ResNet-50) with the --top_k best combinations of B;
   D  the final table of C's finalists against their cost: parameters, multiply-adds, LiteRT
      file size and host latency (float32, int8), phone latency from --phone_results.
 
 Each of A, B and C is a successive-halving search (Hyperband's rule): every cell trains
 --min_epochs on the schedule of --max_epochs and is scored with the kNN probe; the best
-1/--eta of the cells go on to --eta times the epochs, and so on up to --max_epochs. The
+1/--eta of the cells go on to --eta times the epochs, and so on up to --max_epochs (at least
+--finalists cells reach the last rung). The
 --finalists best cells at --max_epochs are then trained again under --seeds seeds and scored
 with the linear probe and kNN: tables show mean +- a 95% t-interval, and a winner is named only
 when its interval clears the runner-up's (otherwise the tied set is listed).
@@ -46,6 +47,7 @@ cells/ (the runs), study.db (the Optuna trials), costs.json.
 
 import dataclasses
 import gc
+import hashlib
 import itertools
 import json
 import logging
@@ -93,6 +95,12 @@ class Cell:
         return dataclasses.replace(self, seed=seed)
 
 
+def mobile_backbones(names):
+    """The backbones of stage C: all but the reference (the proposal's question C is how the
+    mobile networks do with the best combinations; ResNet-50 is stage A's yardstick)."""
+    return [n for n in names if n != REFERENCE_BACKBONE] or list(names)
+
+
 def rungs(min_epochs, max_epochs, eta):
     """[min, min * eta, ...] up to max_epochs (which is always the last rung)."""
     out = [min_epochs]
@@ -101,11 +109,11 @@ def rungs(min_epochs, max_epochs, eta):
     return out + [max_epochs] if out[-1] < max_epochs else out
 
 
-def keep_best(scores, eta):
+def keep_best(scores, eta, minimum=1):
     """Hyperband's successive-halving rule: the ceil(n / eta) best of {cell: score} (ties kept
-    in the given order)."""
+    in the given order), and at least `minimum` of them."""
     ranked = sorted(scores, key=lambda c: -scores[c])
-    return ranked[:max(1, math.ceil(len(ranked) / eta))]
+    return ranked[:max(minimum, math.ceil(len(ranked) / eta))]
 
 
 def stage_b_cells(names):
@@ -305,13 +313,14 @@ class Stage:
     # The estimate of what running this stage will cost (nothing is run).
     def planned_seconds(self):
         total, alive, done = 0.0, list(self.cells), 0
-        for r in self.rungs:
+        for i, r in enumerate(self.rungs):
             for cell in alive:
                 if r not in self.runner.scores(cell):
                     total += (self.costs.train_seconds(cell, done, r)
                               + self.costs.probe_seconds(cell))
             done = r
-            alive = alive[:max(1, math.ceil(len(alive) / self.f.eta))]
+            minimum = self.f.finalists if i + 2 == len(self.rungs) else 1
+            alive = alive[:max(minimum, math.ceil(len(alive) / self.f.eta))]
         for cell in alive[:self.f.finalists]:
             for seed in range(self.f.seeds):
                 seeded = cell.with_seed(seed)
@@ -326,7 +335,10 @@ class Stage:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return optuna.create_study(study_name=f"stage-{self.name}", storage=self.storage,
+        # The candidates are part of the name: another --backbones / --transforms list is
+        # another Optuna study (Optuna's categorical parameters have fixed choices).
+        digest = hashlib.sha1(" ".join(c.key for c in self.cells).encode()).hexdigest()[:8]
+        return optuna.create_study(study_name=f"stage-{self.name}-{digest}", storage=self.storage,
                                    direction="maximize", load_if_exists=True)
 
     def _trials(self, study):
@@ -427,8 +439,9 @@ class Stage:
                             Trial(study, t._trial_id).report(v, r))
             self.rung_scores[r] = dict(scores)
             last = i + 1 == len(self.rungs)
-            kept = sorted(scores, key=lambda k: -scores[k]) if last else \
-                keep_best(scores, self.f.eta)
+            # Into the last rung go at least the --finalists cells (there is a runner-up).
+            kept = sorted(scores, key=lambda k: -scores[k]) if last else keep_best(
+                scores, self.f.eta, self.f.finalists if i + 2 == len(self.rungs) else 1)
             for key in scores:
                 if trials[key].state == TrialState.RUNNING and (last or key not in kept):
                     number = trials[key].number
@@ -518,7 +531,7 @@ def plan(flags, base, runner, costs, study_backbone):
     b3 = Stage("B3", [triple] * (0 if len(f.transforms) < 3 else 1 if len(f.transforms) == 3
                                  else 3), runner, costs,
                Budget(0), f, None)
-    c_cells = [Cell(bb, t) for bb in f.backbones for t in f.transforms[:f.top_k]
+    c_cells = [Cell(bb, t) for bb in mobile_backbones(f.backbones) for t in f.transforms[:f.top_k]
                if bb != study_backbone]  # the study backbone's cells are B's
     c = Stage("C", c_cells, runner, costs, Budget(0), f, None)
     d = EXPORT_SECONDS_PER_BACKBONE * len(set(f.backbones))
@@ -622,7 +635,7 @@ def _run_stages(f, base, runner, costs, budget, storage, state, source, log):
     ranked = sorted((r for r in b if r["runs"]), key=lambda r: -_mean(r, "linear_top1"))
     top = [r["cell"].transforms for r in ranked[:f.top_k]]
     state["top_transforms"] = top
-    c_cells = [Cell(bb, t) for bb in f.backbones for t in top]
+    c_cells = [Cell(bb, t) for bb in mobile_backbones(f.backbones) for t in top]
     c = _stage("C", c_cells, f, runner, costs, budget, storage, state, log)
     # Stage D: the finalists of A (backbones with jigsaw) and of C, each cell once.
     state["stages"]["D"] = {"rows": []}

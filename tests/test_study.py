@@ -24,6 +24,7 @@ def test_rungs_and_halving_rule():
     assert study.keep_best(scores, 3) == ["b", "d"]
     assert study.keep_best(scores, 2) == ["b", "d", "c"]
     assert study.keep_best({"a": 0.1}, 3) == ["a"]
+    assert study.keep_best(scores, 3, minimum=3) == ["b", "d", "c"]
 
 
 def test_triples_extend_the_best_pairs_with_the_best_singles():
@@ -103,20 +104,23 @@ def test_halving_keeps_the_best_cells_and_records_them_in_optuna(tmp_path):
     stage = study.Stage("X", cells, runner, FakeCosts(), study.Budget(0), Flags, storage,
                         log=lambda *_: None)
     results = stage.run()
-    # 9 cells -> 3 at 3 epochs (the best three at 1 epoch) -> 1 at 9 epochs.
+    # 9 cells -> 3 at 3 epochs (the best three at 1 epoch) -> 2 at 9 epochs (--finalists).
     assert sorted(stage.rung_scores[3]) == sorted(f"b/{t}/seed0" for t in ("cutout", "sobel",
                                                                           "blur"))
-    assert list(stage.rung_scores[9]) == ["b/cutout/seed0"]
-    assert [r["cell"].transforms for r in results] == ["cutout"]
-    assert len(results[0]["runs"]) == 3  # the finalist under 3 seeds
+    assert list(stage.rung_scores[9]) == ["b/cutout/seed0", "b/sobel/seed0"]
+    assert [r["cell"].transforms for r in results] == ["cutout", "sobel"]
+    assert [len(r["runs"]) for r in results] == [3, 3]  # the finalists under 3 seeds
     import optuna
 
-    trials = optuna.load_study(study_name="stage-X", storage=storage).get_trials()
+    (name,) = optuna.get_all_study_names(storage)
+    assert name.startswith("stage-X-")  # named after its candidates
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     states = {t.params["cell"]: t.state for t in trials}
-    assert states["b/cutout/seed0"] == TrialState.COMPLETE
-    assert sum(s == TrialState.PRUNED for s in states.values()) == 8
+    assert states["b/cutout/seed0"] == states["b/sobel/seed0"] == TrialState.COMPLETE
+    assert sum(s == TrialState.PRUNED for s in states.values()) == 7
     reported = {t.params["cell"]: sorted(t.intermediate_values) for t in trials}
-    assert reported["b/sobel/seed0"] == [1, 3] and reported["b/flip/seed0"] == [1]
+    assert reported["b/blur/seed0"] == [1, 3] and reported["b/flip/seed0"] == [1]
+    assert reported["b/sobel/seed0"] == [1, 3, 9]
 
 
 @pytest.mark.slow
