@@ -170,8 +170,8 @@ def prepare_model_dir(config, num_examples):
         with open(path) as f:
             # A field added after that run was made takes its default (the run used it).
             stored = {**dataclasses.asdict(TrainConfig()), **json.load(f)}
-        diff = sorted(k for k in set(_comparable(stored)) | set(_comparable(wanted))
-                      if stored.get(k) != wanted.get(k))
+        old, new = _comparable(stored), _comparable(wanted)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
             shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
             raise UsageError(f"--model_dir={config.model_dir} holds a run with another "

@@ -105,6 +105,10 @@ def test_run_made_before_a_field_existed_still_resumes(two_epoch_run, image_fold
     with open(path, "w") as f:
         json.dump(stored, f)
     training.prepare_model_dir(cfg(model_dir, image_folder), 32)  # no error
+    stored["dataset"] = "stl10"  # recorded beside --data_dir before the data used was recorded
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    training.prepare_model_dir(cfg(model_dir, image_folder), 32)  # no error
     with pytest.raises(UsageError, match="another configuration.*view_min_scale"):
         training.prepare_model_dir(cfg(model_dir, image_folder, view_min_scale=0.3), 32)
 
