@@ -461,10 +461,20 @@ class Stage:
                 self.log(f"[stage {self.name}] finalist {seeded.backbone}/{seeded.transforms} "
                          f"seed {seeded.seed} ({self.budget.left_text()} of the budget left)")
         seeded = [c.with_seed(seed) for c in finalists for seed in range(self.f.seeds)]
+        self.finalists = finalists
         done = self._train_all(seeded, self.f.max_epochs, linear=True, before=announce)
         return [{"cell": c, "runs": [done[s] for s in seeded if s.backbone == c.backbone
                                      and s.transforms == c.transforms and done[s] is not None]}
                 for c in finalists]
+
+    def finished_finalists(self):
+        """The finalists' seeded runs scored so far (for a report cut short by the budget)."""
+        out = []
+        for cell in getattr(self, "finalists", []):
+            runs = [self.runner.scores(cell.with_seed(seed)).get(self.f.max_epochs)
+                    for seed in range(self.f.seeds)]
+            out.append({"cell": cell, "runs": [r for r in runs if r and "linear_top1" in r]})
+        return out
 
 
 def _record(update):
@@ -600,7 +610,11 @@ def _stage(name, cells, f, runner, costs, budget, storage, state, log):
     state["stages"][name] = {"cells": [c.key for c in cells], "rungs": stage.rungs,
                              "rung_scores": stage.rung_scores, "failed": stage.failed,
                              "finalists": []}
-    results = stage.run()
+    try:
+        results = stage.run()
+    except OutOfBudget:
+        state["stages"][name]["finalists"] = stage.finished_finalists()
+        raise
     state["stages"][name]["finalists"] = results
     return results
 

@@ -224,3 +224,26 @@ def test_phone_latency_is_read_from_benchmark_phone_results(tmp_path):
     (export / "report.json").unlink()
     with pytest.raises(study.UsageError, match="no report.json"):
         study.phone_latency([str(result)])
+
+
+def test_a_stage_cut_by_the_budget_reports_the_seeds_it_finished(tmp_path):
+    names = ["rotation", "crop", "color"]
+    runner = FakeRunner(dict(zip(names, [0.3, 0.2, 0.1])))
+
+    class Budgeted(study.Budget):
+        def check(self, estimate, what):  # room for the halving and two seeded runs
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls > 3 + 2:
+                raise study.OutOfBudget(what)
+
+    class OneRung(Flags):
+        min_epochs = max_epochs = 1
+        finalists, seeds = 2, 3
+
+    state = {"stages": {}}
+    with pytest.raises(study.OutOfBudget):
+        study._stage("Z", [study.Cell("b", n) for n in names], OneRung, runner, FakeCosts(),
+                     Budgeted(0), f"sqlite:///{tmp_path / 's.db'}", state, lambda *_: None)
+    finalists = state["stages"]["Z"]["finalists"]
+    assert [f["cell"].transforms for f in finalists] == ["rotation", "crop"]
+    assert [len(f["runs"]) for f in finalists] == [2, 0]  # the first's seeds 0 and 1 fitted
