@@ -363,7 +363,8 @@ class Stage:
         estimate = (self.costs.train_seconds(cell, max([0] + [e for e in self.runner.scores(cell)
                                                               if e < epochs]), epochs)
                     + self.costs.probe_seconds(cell, linear))
-        if epochs not in self.runner.scores(cell) or linear:
+        done = self.runner.scores(cell).get(epochs, {})
+        if not done or (linear and "linear_top1" not in done):  # work to do, not a read-back
             self.budget.check(estimate, f"stage {self.name}: {cell.key} to {epochs} epochs")
         for attempt in (1, 2):  # a failed cell is retried once (it resumes its checkpoint)
             try:
