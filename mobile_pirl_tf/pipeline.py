@@ -55,7 +55,7 @@ def image_cache(source, limit_bytes=CACHE_LIMIT_BYTES):
     kept, so several runs on one folder in one process (a study) decode it once."""
     if source.paths is None:
         return None
-    key = (source.name, tuple(source.paths))
+    key = (source.name, tuple(source.paths), limit_bytes)
     if key in _last_cache:
         return _last_cache[key]
     if data.decoded_bytes(source.paths, limit_bytes) > limit_bytes:
