@@ -20,7 +20,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mobile_pirl_tf import UsageError, cli, config  # noqa: E402 - TensorFlow is imported in main
+from mobile_pirl_tf import UsageError, cli, config, records  # noqa: E402 - TensorFlow is imported in main
 
 cli.define_flags(config.EvalConfig)
 
@@ -78,18 +78,16 @@ def _evaluate(encoder, path, train, test, protocol, output_dir, cfg, label, suff
 
 
 def _run_config(encoder_path):
-    path = os.path.join(os.path.dirname(os.path.abspath(encoder_path)), "config.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    """The config.json of the train.py run that wrote the encoder ({} when there is none)."""
+    folder = os.path.dirname(os.path.abspath(encoder_path))
+    return records.read_json(os.path.join(folder, "config.json"), {})
 
 
-def _finetune(path, train, test, output_dir, cfg):
+def _finetune(path, size, train, test, output_dir, cfg):
     """eval_finetune.json: each fraction fine-tuned, beside the backbone from scratch."""
     import keras
 
-    from mobile_pirl_tf import backbones, finetune
+    from mobile_pirl_tf import finetune
 
     fractions = finetune.parse_fractions(cfg.label_fraction or config.FINETUNE_FRACTIONS)
     for fraction in fractions:  # every error before any training
@@ -99,7 +97,6 @@ def _finetune(path, train, test, output_dir, cfg):
     if not backbone:
         raise UsageError("--protocol=finetune trains the backbone from scratch beside the "
                          "encoder: pass --backbone (no config.json beside the encoder names it)")
-    size = backbones.encoder_image_size(keras.models.load_model(path))
     report = finetune.fine_tune_report(
         lambda: keras.models.load_model(path), finetune.scratch_builder(backbone, size, width,
                                                                         cfg.seed),
@@ -171,7 +168,7 @@ def main(argv):
     fractions = finetune.parse_fractions(cfg.label_fraction or (1.0,))
     for protocol in cfg.protocol:
         if protocol == "finetune":
-            _finetune(path, train, test, output_dir, cfg)
+            _finetune(path, backbones.encoder_image_size(encoder), train, test, output_dir, cfg)
             continue
         for fraction in fractions:
             subset = finetune.label_subset(train, fraction, cfg.seed)

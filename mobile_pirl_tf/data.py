@@ -263,12 +263,21 @@ def balanced_subset(split, count, seed=0):
         return split
     if split.keys is None:
         raise UsageError("a subset of labelled data needs a folder (--eval_data_dir), not TFDS")
-    rng = np.random.default_rng(seed)
     per_class = max(1, count // len(split.classes))
+    size = int(np.minimum(np.bincount(split.labels, minlength=len(split.classes)),
+                          per_class).sum())
+    return per_class_subset(split, per_class, seed, f"subset{size}")
+
+
+def per_class_subset(split, per_class, seed, tag):
+    """`per_class` examples of every class of a folder split (all of a smaller class), drawn
+    under `seed` from each class's files in listing order, kept in split order; its name
+    records the draw ("<name>:<tag>-seed<seed>"), so cached features never mix subsets."""
+    rng = np.random.default_rng(seed)
     chosen = np.sort(np.concatenate([
         rng.permutation(np.flatnonzero(split.labels == c))[:per_class]
         for c in range(len(split.classes))]))
-    return LabelledSplit(f"{split.name}:subset{len(chosen)}-seed{seed}",
+    return LabelledSplit(f"{split.name}:{tag}-seed{seed}",
                          [split.keys[i] for i in chosen], split.labels[chosen], split.classes)
 
 

@@ -4,8 +4,8 @@ the same backbone trained from scratch on the same images with the same budget
 
 The subset (`label_subset`): for a fraction p of N labelled images in C classes, the same
 round(p N / C) images of every class (all of a smaller class), drawn under the seed from each
-class's files in sorted order, so every encoder compared sees the same files (listed in the
-report).
+class's files in listing order (`data.per_class_subset`), so every encoder compared sees the
+same files (listed in the report).
 
 The recipe (`FINETUNE_RECIPE`): encoder + a linear classifier, cross-entropy, SGD with Nesterov
 momentum 0.9, batch 64 (or the subset, when smaller), cosine decay of the learning rate over
@@ -30,7 +30,6 @@ import numpy as np
 import tensorflow as tf
 
 from mobile_pirl_tf import UsageError, baselines, batchnorm, data, probes
-from mobile_pirl_tf.data import LabelledSplit
 from mobile_pirl_tf.progress import Progress, keras_callback
 
 FINETUNE_RECIPE = {"epochs": 30, "min_steps": 200, "batch_size": 64, "learning_rate": 0.1,
@@ -70,14 +69,7 @@ def label_subset(split, fraction, seed=0):
                          f"({len(split.labels)} images in {len(split.classes)} classes; the "
                          f"smallest has {smallest}); raise it to at least "
                          f"{len(split.classes) / len(split.labels):.4g}")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in range(len(split.classes)):
-        members = sorted(np.flatnonzero(split.labels == c), key=lambda i: split.keys[i])
-        chosen += list(rng.permutation(members)[:per_class])
-    chosen = np.sort(np.array(chosen))
-    return LabelledSplit(f"{split.name}:fraction{fraction:g}-seed{seed}",
-                         [split.keys[i] for i in chosen], split.labels[chosen], split.classes)
+    return data.per_class_subset(split, per_class, seed, f"fraction{fraction:g}")
 
 
 class Classifier(keras.Model):

@@ -7,8 +7,11 @@ import sys
 import time
 
 
-def _duration(seconds):
+def duration(seconds):
+    """1h05m, 3m07s, 42s."""
     seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
@@ -22,8 +25,8 @@ class Progress:
     def text(self):
         elapsed = time.time() - self.started
         left = elapsed / self.done * (self.total - self.done) if self.done else None
-        tail = f", {_duration(left)} left" if left is not None and self.done < self.total \
-            else f", {_duration(elapsed)}"
+        tail = f", {duration(left)} left" if left is not None and self.done < self.total \
+            else f", {duration(elapsed)}"
         return f"{self.what}: {self.done}/{self.total}{tail}"
 
     def update(self, n=1):

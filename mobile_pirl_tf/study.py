@@ -49,7 +49,6 @@ import dataclasses
 import gc
 import hashlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -57,6 +56,8 @@ import socket
 import time
 
 from mobile_pirl_tf import UsageError, cli, config
+from mobile_pirl_tf.progress import duration
+from mobile_pirl_tf.records import read_json, write_json
 
 STAGES = ("A", "B", "C", "D")
 REFERENCE_BACKBONE = "resnet50"
@@ -109,11 +110,16 @@ def rungs(min_epochs, max_epochs, eta):
     return out + [max_epochs] if out[-1] < max_epochs else out
 
 
+def kept_count(n, eta, minimum=1):
+    """How many of n cells go on to the next rung: ceil(n / eta), and at least `minimum`."""
+    return max(minimum, math.ceil(n / eta))
+
+
 def keep_best(scores, eta, minimum=1):
-    """Hyperband's successive-halving rule: the ceil(n / eta) best of {cell: score} (ties kept
-    in the given order), and at least `minimum` of them."""
+    """Hyperband's successive-halving rule: the `kept_count` best of {cell: score} (ties kept
+    in the given order)."""
     ranked = sorted(scores, key=lambda c: -scores[c])
-    return ranked[:max(minimum, math.ceil(len(ranked) / eta))]
+    return ranked[:kept_count(len(ranked), eta, minimum)]
 
 
 def stage_b_cells(names):
@@ -147,10 +153,7 @@ class Costs:
     def __init__(self, path, base, steps_per_epoch, eval_images):
         self.path, self.base = path, base
         self.steps_per_epoch, self.eval_images = steps_per_epoch, eval_images
-        self.table = {}
-        if os.path.exists(path):
-            with open(path) as f:
-                self.table = json.load(f)
+        self.table = read_json(path, {})
 
     def _key(self, backbone, kind):
         b = self.base
@@ -163,10 +166,7 @@ class Costs:
         log(f"measuring {key} ...")
         transforms = "jigsaw" if kind == "patches" else "rotation"
         self.table[key] = measure_cell_costs(self.base, Cell(backbone, transforms), scratch_dir)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.table, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_json(self.path, self.table)
         return self.table[key]
 
     def train_seconds(self, cell, from_epochs, to_epochs):
@@ -247,17 +247,9 @@ class CellRunner:
                             f"seed{cell.seed}")
 
     def scores(self, cell):
-        path = os.path.join(self.cell_dir(cell), "scores.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                return {int(k): v for k, v in json.load(f).items()}
-        return {}
-
-    def _save(self, cell, scores):
-        path = os.path.join(self.cell_dir(cell), "scores.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump({str(k): v for k, v in sorted(scores.items())}, f, indent=2)
-        os.replace(path + ".tmp", path)
+        """{epochs: scores} of the cell so far."""
+        saved = read_json(os.path.join(self.cell_dir(cell), "scores.json"), {})
+        return {int(k): v for k, v in saved.items()}
 
     def run(self, cell, epochs, linear=False):
         """{knn_top1, [linear_top1, linear_top5], seconds, ...} of the cell at `epochs`."""
@@ -272,10 +264,8 @@ class CellRunner:
                                   model_dir=self.cell_dir(cell), verbose=0)
         try:
             summary = training.train(cfg)
-        except UsageError as e:
-            if "is in use by" in str(e):  # its run.lock is held
-                raise CellBusy(str(e)) from None
-            raise
+        except training.RunInUse as e:  # its run.lock is held
+            raise CellBusy(str(e)) from None
         encoder, path = backbones.load_encoder(encoder_path=summary["encoder"])
         train_f, test_f = features.features_for(
             encoder, path, self.train_split, self.test_split, cfg.image_size, cache_dir=None,
@@ -291,7 +281,8 @@ class CellRunner:
         previous = scores.get(epochs, {})
         result["seconds"] = round(previous.get("seconds", 0) + time.time() - started, 1)
         scores[epochs] = {**previous, **result}
-        self._save(cell, scores)
+        write_json(os.path.join(self.cell_dir(cell), "scores.json"),
+                   {str(k): v for k, v in scores.items()})
         _clear()
         return scores[epochs]
 
@@ -319,8 +310,7 @@ class Stage:
                     total += (self.costs.train_seconds(cell, done, r)
                               + self.costs.probe_seconds(cell))
             done = r
-            minimum = self.f.finalists if i + 2 == len(self.rungs) else 1
-            alive = alive[:max(minimum, math.ceil(len(alive) / self.f.eta))]
+            alive = alive[:kept_count(len(alive), self.f.eta, self._minimum_kept(i))]
         for cell in alive[:self.f.finalists]:
             for seed in range(self.f.seeds):
                 seeded = cell.with_seed(seed)
@@ -359,12 +349,17 @@ class Stage:
                 trials[trial.params["cell"]] = study.get_trials(deepcopy=False)[trial.number]
         return trials
 
+    def _minimum_kept(self, rung_index):
+        """Into the last rung go at least the --finalists cells (there is a runner-up)."""
+        return self.f.finalists if rung_index + 2 == len(self.rungs) else 1
+
     def _train(self, cell, epochs, linear=False):
-        estimate = (self.costs.train_seconds(cell, max([0] + [e for e in self.runner.scores(cell)
-                                                              if e < epochs]), epochs)
-                    + self.costs.probe_seconds(cell, linear))
-        done = self.runner.scores(cell).get(epochs, {})
+        scores = self.runner.scores(cell)
+        done = scores.get(epochs, {})
         if not done or (linear and "linear_top1" not in done):  # work to do, not a read-back
+            start = max([0] + [e for e in scores if e < epochs])
+            estimate = (self.costs.train_seconds(cell, start, epochs)
+                        + self.costs.probe_seconds(cell, linear))
             self.budget.check(estimate, f"stage {self.name}: {cell.key} to {epochs} epochs")
         for attempt in (1, 2):  # a failed cell is retried once (it resumes its checkpoint)
             try:
@@ -440,9 +435,8 @@ class Stage:
                             Trial(study, t._trial_id).report(v, r))
             self.rung_scores[r] = dict(scores)
             last = i + 1 == len(self.rungs)
-            # Into the last rung go at least the --finalists cells (there is a runner-up).
             kept = sorted(scores, key=lambda k: -scores[k]) if last else keep_best(
-                scores, self.f.eta, self.f.finalists if i + 2 == len(self.rungs) else 1)
+                scores, self.f.eta, self._minimum_kept(i))
             for key in scores:
                 if trials[key].state == TrialState.RUNNING and (last or key not in kept):
                     number = trials[key].number
@@ -499,19 +493,12 @@ class Budget:
 
     def left_text(self):
         return "unlimited" if self.seconds == math.inf else \
-            _duration(max(0.0, self.seconds - self.elapsed()))
+            duration(max(0.0, self.seconds - self.elapsed()))
 
     def check(self, estimate, what):
         if self.elapsed() + estimate > self.seconds:
-            raise OutOfBudget(f"{what} (about {_duration(estimate)}) would run past the budget "
+            raise OutOfBudget(f"{what} (about {duration(estimate)}) would run past the budget "
                               f"({self.left_text()} left)")
-
-
-def _duration(seconds):
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 # --- the whole study ------------------------------------------------------------------------
@@ -582,10 +569,10 @@ def run_study(flags, base, log=print):
         f"{rungs(f.min_epochs, f.max_epochs, f.eta)} epochs, {f.seeds} seeds for "
         f"{f.finalists} finalists per stage):")
     for stage, seconds in estimate.items():
-        log(f"  stage {stage}: about {_duration(seconds)}")
+        log(f"  stage {stage}: about {duration(seconds)}")
     total = sum(estimate.values())
     fits = "within" if total <= budget.seconds else "OVER"
-    log(f"  total: about {_duration(total)} ({fits} the budget of {budget.left_text()})")
+    log(f"  total: about {duration(total)} ({fits} the budget of {budget.left_text()})")
     if total > budget.seconds:
         log("  the study will stop at the budget with a partial report (a rerun continues); to "
             "fit, lower --max_epochs, --steps_per_epoch or --seeds, or pass fewer --backbones / "
@@ -668,10 +655,7 @@ def baselines(backbone, image_size, runner, f, budget, log=print):
     trained for that long on the probe's train split: the heat-map's colour anchors. Cached in
     baselines.json."""
     path = os.path.join(runner.output_dir, "baselines.json")
-    cached = {}
-    if os.path.exists(path):
-        with open(path) as fh:
-            cached = json.load(fh)
+    cached = read_json(path, {})
     key = f"{backbone}/{image_size}px/supervised{f.supervised_minutes}"
     if key in cached:
         return cached[key]
@@ -697,8 +681,7 @@ def baselines(backbone, image_size, runner, f, budget, log=print):
         out["supervised"] = knn(encoder)
     _clear()
     cached[key] = out
-    with open(path, "w") as fh:
-        json.dump(cached, fh, indent=2)
+    write_json(path, cached)
     return out
 
 
@@ -714,10 +697,8 @@ def backbone_cost(backbone, image_size, source, phone_results, cache_dir, log=pr
     given. Cached per backbone in cache_dir (the architecture fixes them, not the weights)."""
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"{backbone}-{image_size}px.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            row = json.load(f)
-    else:
+    row = read_json(path)
+    if row is None:
         from mobile_pirl_tf import backbones, complexity, data, tflite
 
         log(f"[stage D] cost of {backbone}: converting and timing")
@@ -729,8 +710,7 @@ def backbone_cost(backbone, image_size, source, phone_results, cache_dir, log=pr
             flatbuffer = tflite.convert(encoder, variant, calibration)
             row[f"{variant}_bytes"] = len(flatbuffer)
             row[f"{variant}_ms"] = tflite.measure_latency(flatbuffer, 1, runs=50)["median_ms"]
-        with open(path, "w") as f:
-            json.dump(row, f, indent=2)
+        write_json(path, row)
         _clear()
     row = dict(row)
     phone = phone_latency(phone_results or ()).get((backbone, "int8"))
@@ -745,15 +725,13 @@ def phone_latency(json_paths):
     report.json that export/to_tflite.py wrote beside it."""
     out = {}
     for json_path in json_paths:
-        with open(json_path) as f:
-            result = json.load(f)
+        result = read_json(json_path)
         model = result.get("model", "")
-        report_path = os.path.join(os.path.dirname(model), "report.json")
-        if not os.path.exists(report_path):
+        report = read_json(os.path.join(os.path.dirname(model), "report.json"))
+        if report is None:
             raise UsageError(f"--phone_results={json_path}: no report.json beside {model} names "
                              "its backbone; time files that export/to_tflite.py wrote")
-        with open(report_path) as f:
-            backbone = json.load(f).get("backbone")
+        backbone = report.get("backbone")
         variant = os.path.splitext(os.path.basename(model))[0]
         out[(backbone, variant)] = result["inference_avg_ms"]
     return out

@@ -37,8 +37,8 @@ def verdict(results, metric="linear_top1"):
     """("winner", [label]) when the best mean's interval clears the runner-up's, else ("tied",
     [labels of every finalist whose interval overlaps the best's]); `results` is
     [(label, runs)]."""
-    scored = sorted(((summary(runs, metric), label) for label, runs in results
-                     if summary(runs, metric)["n"]), key=lambda x: -x[0]["mean"])
+    summaries = ((summary(runs, metric), label) for label, runs in results)
+    scored = sorted((x for x in summaries if x[0]["n"]), key=lambda x: -x[0]["mean"])
     if not scored:
         return "none", []
     best = scored[0][0]
@@ -79,11 +79,12 @@ def _pyplot():
     return plt
 
 
-def heatmap(grid_scores, names, finalists, baselines, png_path, title):
+def heatmap(grid_scores, names, finalists, baselines, png_path, title,
+            label="kNN top-1 (%): random init .. supervised"):
     """The contingency heat-map: rows the first transform, columns the second, the diagonal a
-    transform alone; each cell its first-rung kNN top-1 (%). Finalists are framed, the tied set
-    (intervals overlapping the best) marked '=' and the winner '*'. The colour scale runs from
-    the random-init baseline to the supervised one (when measured), not over the cells."""
+    transform alone; each cell its score {spec: top-1} in %. Finalists ({spec: mark}) are framed
+    and their mark printed ('=' tied, '*' winner). The colour scale runs from the random-init
+    baseline to the supervised one when `baselines` has them, else over the cells."""
     plt = _pyplot()
     n = len(names)
     grid = np.full((n, n), np.nan)
@@ -92,9 +93,11 @@ def heatmap(grid_scores, names, finalists, baselines, png_path, title):
             spec = a if i == j else f"{a}+{b}"
             if spec in grid_scores:
                 grid[i, j] = 100 * grid_scores[spec]
-    low = 100 * baselines.get("random", np.nanmin(grid) / 100 if np.isfinite(grid).any() else 0)
-    high = 100 * baselines.get("supervised", np.nanmax(grid) / 100 if np.isfinite(grid).any()
-                               else 1)
+    cells = grid[np.isfinite(grid)]
+    low = 100 * baselines["random"] if "random" in baselines else \
+        (cells.min() if cells.size else 0.0)
+    high = 100 * baselines["supervised"] if "supervised" in baselines else \
+        (cells.max() if cells.size else 100.0)
     fig, ax = plt.subplots(figsize=(1.1 * n + 2.5, 1.0 * n + 1.8))
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="Greens", vmin=low, vmax=max(high, low + 1))
     for i in range(n):
@@ -114,7 +117,7 @@ def heatmap(grid_scores, names, finalists, baselines, png_path, title):
     ax.set_ylabel("1st transformation")
     ax.set_title(title, fontsize=9)
     bar = fig.colorbar(image, ax=ax, fraction=0.046)
-    bar.set_label("kNN top-1 (%): random init .. supervised")
+    bar.set_label(label)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)

@@ -33,6 +33,7 @@ import os
 import time
 
 from mobile_pirl_tf import UsageError, cli, config
+from mobile_pirl_tf.progress import duration
 
 RESULT_FIELDS = ["spec", "first", "second", "status", "top1", "top5", "knn_top1", "seconds",
                  "error"]
@@ -76,12 +77,6 @@ def run_cell(base_config, spec, output_dir, train_split, test_split):
             "error": ""}
 
 
-def _eta(seconds):
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def run_sweep(base_config, names, eval_data_dir, output_dir, extra=(), log=print):
     """Runs every cell not finished yet; returns the result rows (also in results.csv)."""
     for spec in list(names) + list(extra):
@@ -109,13 +104,14 @@ def run_sweep(base_config, names, eval_data_dir, output_dir, extra=(), log=print
             rows.append({**previous[spec], **{k: row[k] for k in ("first", "second")}})
             continue
         left = len(pending) - len(durations)
-        eta = f", about {_eta(sum(durations) / len(durations) * left)} left" if durations else ""
+        eta = (f", about {duration(sum(durations) / len(durations) * left)} left"
+               if durations else "")
         log(f"[cell {len(durations) + 1}/{len(pending)}] {spec}: running ({left} left{eta})")
         started = time.time()
         try:
             row.update(run_cell(base_config, spec, output_dir, train_split, test_split))
             log(f"[cell {len(durations) + 1}/{len(pending)}] {spec}: top1 "
-                f"{100 * float(row['top1']):.2f}% in {_eta(time.time() - started)}")
+                f"{100 * float(row['top1']):.2f}% in {duration(time.time() - started)}")
         except (KeyboardInterrupt, UsageError):  # a bad flag or data set fails every cell: stop
             raise
         except Exception as e:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
@@ -132,38 +128,11 @@ def run_sweep(base_config, names, eval_data_dir, output_dir, extra=(), log=print
 
 def heatmap(rows, names, png_path, title=""):
     """The contingency heat-map (module docstring) of the finished cells."""
-    import matplotlib
+    from mobile_pirl_tf import study_report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n = len(names)
-    grid = np.full((n, n), np.nan)
-    by_spec = {r["spec"]: r for r in rows if r.get("status") == "done"}
-    for i, a in enumerate(names):
-        for j, b in enumerate(names):
-            spec = a if i == j else f"{a}+{b}"
-            if spec in by_spec:
-                grid[i, j] = 100 * float(by_spec[spec]["top1"])
-    fig, ax = plt.subplots(figsize=(1.1 * n + 2, 1.0 * n + 1.5))
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="Greens")
-    middle = (np.nanmin(grid) + np.nanmax(grid)) / 2 if np.isfinite(grid).any() else 0.0
-    for i in range(n):
-        for j in range(n):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=10,
-                        color="white" if grid[i, j] > middle else "black")
-    ax.set_xticks(range(n), names, rotation=45, ha="right")
-    ax.set_yticks(range(n), names)
-    ax.set_xlabel("2nd transformation")
-    ax.set_ylabel("1st transformation")
-    ax.set_title(title or "PIRL linear-probe top-1 (%)")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return png_path
+    scores = {r["spec"]: float(r["top1"]) for r in rows if r.get("status") == "done"}
+    return study_report.heatmap(scores, names, {}, {}, png_path,
+                                title or "PIRL linear-probe top-1 (%)", "linear top-1 (%)")
 
 
 def markdown_table(rows):

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from mobile_pirl_tf import UsageError, backbones, batchnorm, callbacks, data, pipeline, pirl
 from mobile_pirl_tf.config import TrainConfig
+from mobile_pirl_tf.records import read_json, write_json
 
 
 def make_strategy(name):
@@ -107,6 +108,10 @@ def open_run(config, num_examples, steps_per_epoch, strategy, backbone_fn=None):
 LOCK_NAME = "run.lock"
 
 
+class RunInUse(UsageError):
+    """Another process holds the run folder's lock."""
+
+
 @contextlib.contextmanager
 def run_lock(model_dir):
     """Holds model_dir/run.lock for one process: a second train.py on the folder is refused in
@@ -123,8 +128,8 @@ def run_lock(model_dir):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise UsageError(f"--model_dir={model_dir} is in use by {holder}; wait for it to end "
-                         "or use another --model_dir") from None
+        raise RunInUse(f"--model_dir={model_dir} is in use by {holder}; wait for it to end "
+                       "or use another --model_dir") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"train.py process {os.getpid()} on {socket.gethostname()}\n")
@@ -144,20 +149,21 @@ def _remove_leftovers(model_dir):
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
+def _data_used(config_dict):
+    """The configuration with the data that was used: a --data_dir overrides --dataset, so the
+    TFDS name is not kept beside it (older runs recorded it; they compare the same)."""
+    if config_dict.get("data_dir"):
+        return {**config_dict, "dataset": None}
+    return config_dict
+
+
 def _recorded(config):
-    """The configuration as config.json records it: the data that was used (a --data_dir
-    overrides --dataset, so the TFDS name is not recorded beside it)."""
-    out = dataclasses.asdict(config)
-    if out.get("data_dir"):
-        out["dataset"] = None
-    return out
+    """The configuration as config.json records it."""
+    return _data_used(dataclasses.asdict(config))
 
 
 def _comparable(config_dict):
-    out = {k: v for k, v in config_dict.items() if k not in TrainConfig.RESUMABLE}
-    if out.get("data_dir"):  # runs recorded before `_recorded` named the unused TFDS set
-        out["dataset"] = None
-    return out
+    return {k: v for k, v in _data_used(config_dict).items() if k not in TrainConfig.RESUMABLE}
 
 
 def prepare_model_dir(config, num_examples):
@@ -183,15 +189,8 @@ def prepare_model_dir(config, num_examples):
         raise UsageError(f"--model_dir={config.model_dir} is not empty and holds no Mobile-PIRL "
                          "run (no config.json); use a new or empty folder")
     os.makedirs(config.model_dir, exist_ok=True)
-    _write_json(path, wanted)
+    write_json(path, wanted)
     return {}
-
-
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _progress_verbosity(config):
@@ -237,7 +236,7 @@ def _fit(model, config, source, steps_per_epoch, initial_epoch, manager, epoch_v
     def record(epoch, logs):
         for key, value in logs.items():
             history[key] = history.get(key, [])[:epoch] + [float(value)]
-        _write_json(os.path.join(config.model_dir, "history.json"), history)
+        write_json(os.path.join(config.model_dir, "history.json"), history)
 
     fit_callbacks = []
     if config.monitor_data_dir:  # first, so knn_top1 is recorded and logged
@@ -309,8 +308,7 @@ def _train_locked(config, source, steps_per_epoch, started, backbone_fn):
     if lr_change and history_logs:  # at least one epoch trained with the new rate
         lr_changes = lr_changes + [{"epoch": initial_epoch, **lr_change}]
         path = os.path.join(config.model_dir, "config.json")
-        with open(path) as f:
-            _write_json(path, {**json.load(f), "learning_rate": config.learning_rate})
+        write_json(path, {**read_json(path), "learning_rate": config.learning_rate})
     saved = _saved_history(config.model_dir)
     history = {k: saved.get(k, [])[:initial_epoch] + v
                for k, v in history_logs.items()} or saved
@@ -331,7 +329,7 @@ def _train_locked(config, source, steps_per_epoch, started, backbone_fn):
         "encoder_bn_statistics": ({"source": "training images, centre crops", "images": bn_images}
                                   if bn_images else {"source": "training (not re-estimated)"}),
     }
-    _write_json(os.path.join(config.model_dir, "run.json"), summary)
+    write_json(os.path.join(config.model_dir, "run.json"), summary)
     return summary
 
 
@@ -354,17 +352,10 @@ def check_encoder_finite(encoder, source, seed, images=8):
 def _saved_history(model_dir):
     """The per-epoch history kept so far: history.json (written at every checkpoint), else an
     older run's run.json."""
-    path = os.path.join(model_dir, "history.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return _previous_run(model_dir).get("history", {})
+    saved = read_json(os.path.join(model_dir, "history.json"))
+    return saved if saved is not None else _previous_run(model_dir).get("history", {})
 
 
 def _previous_run(model_dir):
     """The run.json of an earlier invocation ({} when there is none)."""
-    path = os.path.join(model_dir, "run.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return {}
+    return read_json(os.path.join(model_dir, "run.json"), {})
