@@ -41,7 +41,7 @@ MAX_COMPOSED = 3
 MAX_IMAGE_SIZE = 1024  # a batch of 64 views is 0.8 GB of float32 pixels at this size
 HEAD_KINDS = ("linear", "mlp")
 LOSSES = ("nce", "infonce")
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 VARIANTS = ("float32", "float16", "dynamic", "int8", "qat_int8")
 PHOTOMETRIC_KINDS = ("vissl", "one_of")
 MIXED_PRECISION = ("none", "float16", "bfloat16")
@@ -175,7 +175,11 @@ class TrainConfig(DataConfig):
     weight_decay: float = flag(1e-4, "L2 on kernels (not batch-norm or bias).")
     seed: int = flag(0, "Seed for initialisation, views and negatives.")
     model_dir: str = flag("runs/pirl", "Run folder: checkpoints, logs, encoder.keras.")
-    strategy: str = flag("default", "tf.distribute strategy.", STRATEGIES)
+    strategy: str = flag("default", "tf.distribute strategy: one device, every GPU of this "
+                         "machine, several machines (cluster from TF_CONFIG; BUILD.md), or a "
+                         "TPU.", STRATEGIES)
+    tpu: str = flag("", "With --strategy=tpu: the TPU's name or grpc:// address (empty: the "
+                    "environment's, as on a TPU VM).")
     monitor_data_dir: Optional[str] = flag(None, "Labelled folder (train/<class>/, "
                                            "test/<class>/) for a kNN probe during training, "
                                            "logged as knn_top1.")
@@ -204,9 +208,11 @@ class TrainConfig(DataConfig):
     }
 
     # Fields that may change between a run and its resumption.
-    # The learning rate may change on resume (after a divergence): run.json records it.
+    # The learning rate may change on resume (after a divergence): run.json records it. The
+    # strategy may too (the global batch, hence the training, is the same on any number of
+    # replicas, up to batch-norm statistics being per replica).
     RESUMABLE = ("epochs", "model_dir", "verbose", "monitor_data_dir", "monitor_every",
-                 "learning_rate",
+                 "learning_rate", "strategy", "tpu",
                  "bn_recalibration_images", "cache_images")
     HELP_GROUPS = {
         "Data": ("dataset", "data_dir", "tfds_data_dir", "tfds_manual_dir"),
@@ -218,7 +224,7 @@ class TrainConfig(DataConfig):
         "Optimisation": ("epochs", "schedule_epochs", "batch_size", "steps_per_epoch",
                          "learning_rate", "momentum",
                          "weight_decay", "seed", "mixed_precision"),
-        "Run": ("model_dir", "strategy", "monitor_data_dir", "monitor_every", "verbose",
+        "Run": ("model_dir", "strategy", "tpu", "monitor_data_dir", "monitor_every", "verbose",
                 "bn_recalibration_images", "cache_images"),
     }
 

@@ -127,12 +127,25 @@ def synthetic_batch(batch_size, image_size, num_examples=None, seed=0, names=("j
 
 def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch, seed=0,
                         first_epoch=0, last_epoch: Optional[int] = None, names=("jigsaw",),
-                        params=TransformParams(), cache: Optional[ImageCache] = None):
+                        params=TransformParams(), cache: Optional[ImageCache] = None,
+                        shard=0, num_shards=1, replica_batch=None):
     """Batches for epochs [first_epoch, last_epoch) (forever when last_epoch is None); images
-    come from `cache` when given, else are decoded from the source."""
+    come from `cache` when given, else are decoded from the source.
+
+    With num_shards > 1 (one input pipeline per worker), this pipeline builds only its slice
+    of every global batch of `batch_size`, the examples at positions [shard * b, (shard + 1) * b)
+    of it (b = batch_size / num_shards), in batches of `replica_batch` (default b): the shards
+    together are exactly the single pipeline's batches, and each decodes only its images."""
+    if batch_size % num_shards:
+        raise ValueError(f"batch size {batch_size} is not a multiple of {num_shards} shards")
+    shard_batch = batch_size // num_shards
     epoch_elements = _epoch_orders(source, steps_per_epoch * batch_size, seed)
     epochs = tf.data.Dataset.range(first_epoch, last_epoch if last_epoch is not None else 2**62)
-    elements = epochs.flat_map(lambda epoch: epoch_elements(epoch).map(
+
+    def mine(key, index, position):
+        return tf.equal(position % batch_size // shard_batch, shard)
+
+    elements = epochs.flat_map(lambda epoch: epoch_elements(epoch).filter(mine).map(
         lambda key, index, position: (key, index, example_seed(seed, epoch, position))))
 
     def image_of(key, index):
@@ -143,4 +156,4 @@ def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch,
                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # A file that passed the integrity scan but still fails to decode is dropped, not fatal.
     ds = ds.ignore_errors(log_warning=True)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.batch(replica_batch or shard_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -66,6 +66,11 @@ class PIRL(keras.Model):
     def build(self, input_shape):
         """Sub-layers build on the first call (the backbone takes images and patches)."""
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Nothing to do: every variable is built before fit (`training.build_variables`).
+        Keras' version draws a batch and averages it across replicas, which a multi-worker
+        strategy cannot do with a dict of tensors (Keras 3.15)."""
+
     @property
     def metrics(self):
         return list(self.trackers.values())
@@ -101,7 +106,7 @@ class PIRL(keras.Model):
         variables = self.trainable_variables
         gradients = self.add_weight_decay(tape.gradient(scaled_loss, variables), variables, ctx)
         self.optimizer.apply(gradients, variables)
-        self.bank.update(ctx.all_gather(tf.stop_gradient(z_image), 0), ctx.all_gather(index, 0))
+        self.bank.update(all_gather(ctx, tf.stop_gradient(z_image)), all_gather(ctx, index))
 
         for name, value in (("loss", per_example), ("loss_transformed", loss_transformed),
                             ("loss_image", loss_image)):
@@ -110,6 +115,8 @@ class PIRL(keras.Model):
         results = {name: tracker.result() for name, tracker in self.trackers.items()}
         results["learning_rate"] = self.optimizer.learning_rate
         results["nce_log_z"] = self.log_z.value
+        if _multi_worker(ctx):  # Keras averages each output over workers along axis 0 (3.15)
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
         return results
 
     def contrastive_loss(self, z, positives, index, step, term):
@@ -160,3 +167,19 @@ class PIRL(keras.Model):
         return [g + self.optimizer.scale_loss(scale * v.value)
                 if g is not None and len(v.shape) > 1 else g
                 for g, v in zip(gradients, variables)]
+
+
+def _multi_worker(ctx):
+    return isinstance(ctx.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def all_gather(ctx, value):
+    """The values of every replica, concatenated in replica order. Under a multi-worker
+    strategy the value is first placed on this replica's device: the all-gather needs a device
+    to gather to, which a tensor made inside the traced step does not carry (TensorFlow 2.21)."""
+    if _multi_worker(ctx):
+        local = ctx.strategy.extended.worker_devices  # replica r of a worker: local r % count
+        replica = int(tf.get_static_value(ctx.replica_id_in_sync_group))
+        with tf.device(local[replica % len(local)]):
+            value = tf.identity(value)
+    return ctx.all_gather(value, 0)

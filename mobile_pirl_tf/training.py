@@ -32,15 +32,18 @@ import time
 import keras
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, backbones, batchnorm, callbacks, data, pipeline, pirl
+from mobile_pirl_tf import (
+    UsageError,
+    backbones,
+    batchnorm,
+    callbacks,
+    cluster,
+    data,
+    pipeline,
+    pirl,
+)
 from mobile_pirl_tf.config import TrainConfig
 from mobile_pirl_tf.records import read_json, write_json
-
-
-def make_strategy(name):
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def build_pirl(config, num_examples, backbone=None):
@@ -86,10 +89,12 @@ def make_checkpoint(model, epoch_variable):
                                epoch=epoch_variable)
 
 
-def open_run(config, num_examples, steps_per_epoch, strategy, backbone_fn=None):
+def open_run(config, num_examples, steps_per_epoch, strategy, backbone_fn=None,
+             save_dir=None):
     """Builds the model under `strategy` and restores the latest checkpoint of model_dir, if any.
 
-    Returns (model, epoch variable = epochs already done, checkpoint manager).
+    Returns (model, epoch variable = epochs already done, checkpoint manager saving to
+    save_dir/checkpoints, save_dir defaulting to model_dir).
     """
     with strategy.scope():
         model = build_pirl(config, num_examples, backbone=backbone_fn() if backbone_fn else None)
@@ -98,10 +103,12 @@ def open_run(config, num_examples, steps_per_epoch, strategy, backbone_fn=None):
         build_variables(model, config)
         epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     manager = tf.train.CheckpointManager(make_checkpoint(model, epoch_variable),
-                                         os.path.join(config.model_dir, "checkpoints"),
+                                         os.path.join(save_dir or config.model_dir,
+                                                      "checkpoints"),
                                          max_to_keep=3)
-    if manager.latest_checkpoint:
-        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    if latest:
+        manager.checkpoint.restore(latest).assert_existing_objects_matched()
     return model, epoch_variable, manager
 
 
@@ -212,38 +219,47 @@ def precision_policy(mixed_precision):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def float32_encoder(model, config, backbone_fn=None):
+def float32_encoder(model, config, backbone_fn=None, strategy=None):
     """The deployable encoder of a trained PIRL model, in float32 whatever the training policy
-    (a float32 twin of the backbone with the trained weights, which are float32 variables)."""
+    (a float32 twin of the backbone with the trained weights, which are float32 variables; a
+    twin outside the strategy too, after multi-worker or TPU training)."""
     backbone = model.backbone
-    if config.mixed_precision != "none":
+    distributed = isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
+                                        tf.distribute.TPUStrategy))
+    if config.mixed_precision != "none" or distributed:
         backbone = backbone_fn() if backbone_fn else backbones.build_backbone(config.backbone,
                                                                             config.width)
         backbone.set_weights(model.backbone.get_weights())
     return backbones.build_encoder(backbone, config.image_size)
 
 
-def _fit(model, config, source, steps_per_epoch, initial_epoch, manager, epoch_variable):
-    """model.fit from initial_epoch to config.epochs; returns the new epochs' history."""
+def _fit(model, config, source, steps_per_epoch, initial_epoch, manager, epoch_variable,
+         strategy, out_dir):
+    """model.fit from initial_epoch to config.epochs, writing history.json and TensorBoard logs
+    to out_dir; returns the new epochs' history."""
     if initial_epoch >= config.epochs:
         return {}
     cache = pipeline.image_cache(source) if config.cache_images else None
-    dataset = pipeline.pretraining_dataset(
-        source, config.image_size, config.batch_size, steps_per_epoch, config.seed,
-        initial_epoch, config.epochs, config.transform_names(), config.transform_params(), cache)
-    history = _saved_history(config.model_dir)
+
+    def shard(index, count, replica_batch):
+        return pipeline.pretraining_dataset(
+            source, config.image_size, config.batch_size, steps_per_epoch, config.seed,
+            initial_epoch, config.epochs, config.transform_names(), config.transform_params(),
+            cache, shard=index, num_shards=count, replica_batch=replica_batch)
+    dataset = cluster.distribute(strategy, shard, config.batch_size)
+    history = _saved_history(out_dir)
 
     def record(epoch, logs):
         for key, value in logs.items():
             history[key] = history.get(key, [])[:epoch] + [float(value)]
-        write_json(os.path.join(config.model_dir, "history.json"), history)
+        write_json(os.path.join(out_dir, "history.json"), history)
 
     fit_callbacks = []
     if config.monitor_data_dir:  # first, so knn_top1 is recorded and logged
         fit_callbacks.append(callbacks.KNNMonitor(config.monitor_data_dir, config.image_size,
                                                   config.monitor_every))
     fit_callbacks.append(callbacks.EpochCheckpoint(manager, epoch_variable, record))
-    fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"),
+    fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"),
                                                      update_freq="epoch"))
     history = model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
                         steps_per_epoch=steps_per_epoch, callbacks=fit_callbacks, shuffle=False,
@@ -258,6 +274,8 @@ def train(config: TrainConfig, backbone_fn=None):
     """
     config.validate()
     started = time.time()
+    # First: a multi-worker strategy configures the collectives before TensorFlow runs anything.
+    strategy = cluster.make_strategy(config.strategy, config.tpu)
     # Initial weights, views and negatives all follow --seed (bit-identical reruns on CPU).
     keras.utils.set_random_seed(config.seed)
     source = data.make_source(config.dataset, config.data_dir, config.tfds_data_dir,
@@ -268,30 +286,49 @@ def train(config: TrainConfig, backbone_fn=None):
                          f"({source.num_examples} images); lower it")
     if config.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    with run_lock(config.model_dir):
-        return _train_locked(config, source, steps_per_epoch, started, backbone_fn)
-
-
-def _train_locked(config, source, steps_per_epoch, started, backbone_fn):
-    lr_change = prepare_model_dir(config, source.num_examples)
-    _remove_leftovers(config.model_dir)
-
-    strategy = make_strategy(config.strategy)
     logging.info("strategy %s with %d replica(s), %d examples, %d steps per epoch",
                  type(strategy).__name__, strategy.num_replicas_in_sync, source.num_examples,
                  steps_per_epoch)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise UsageError(f"--batch_size={config.batch_size} must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")
+    if not cluster.is_chief(strategy):  # the chief writes the run; this worker only trains
+        with cluster.write_dir(config.model_dir, strategy) as out_dir, \
+                cluster.lost_workers_reported(strategy, config.model_dir):
+            history_logs = _train_epochs(config, source, steps_per_epoch, strategy,
+                                         backbone_fn, out_dir)[0]
+        return {"epochs_done": config.epochs, "final": {k: v[-1] for k, v in
+                                                         history_logs.items()},
+                "encoder": f"{config.model_dir} (written by the chief)"}
+    with run_lock(config.model_dir):
+        lr_change = prepare_model_dir(config, source.num_examples)
+        _remove_leftovers(config.model_dir)
+        with cluster.lost_workers_reported(strategy, config.model_dir):
+            trained = _train_epochs(config, source, steps_per_epoch, strategy, backbone_fn,
+                                    config.model_dir)
+        return _write_run(config, source, steps_per_epoch, started, backbone_fn, strategy,
+                          lr_change, *trained)
+
+
+def _train_epochs(config, source, steps_per_epoch, strategy, backbone_fn, out_dir):
+    """Builds or restores the model and trains the epochs left, saving into out_dir; returns
+    (the new epochs' history, the model, the epoch variable, the epoch it started from)."""
     with precision_policy(config.mixed_precision):
         model, epoch_variable, manager = open_run(config, source.num_examples, steps_per_epoch,
-                                                  strategy, backbone_fn)
+                                                  strategy, backbone_fn, out_dir)
         initial_epoch = int(epoch_variable.numpy())
         if initial_epoch:
-            logging.info("resuming %s at epoch %d", manager.latest_checkpoint, initial_epoch)
+            logging.info("resuming %s at epoch %d", config.model_dir, initial_epoch)
         history_logs = _fit(model, config, source, steps_per_epoch, initial_epoch, manager,
-                            epoch_variable)
-    encoder = float32_encoder(model, config, backbone_fn)
+                            epoch_variable, strategy, out_dir)
+    cluster.end_collectives(strategy)
+    return history_logs, model, epoch_variable, initial_epoch
+
+
+def _write_run(config, source, steps_per_epoch, started, backbone_fn, strategy, lr_change,
+               history_logs, model, epoch_variable, initial_epoch):
+    """encoder.keras (statistics re-estimated, checked finite) and run.json."""
+    encoder = float32_encoder(model, config, backbone_fn, strategy)
     # What is shipped is what is evaluated: the statistics of plain views of training images,
     # not those of training (mixed from image views and jigsaw patches).
     bn_images = (batchnorm.recalibrate_on_source(encoder, source, config.bn_recalibration_images,
