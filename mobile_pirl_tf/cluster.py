@@ -24,9 +24,11 @@ one line (`ClusterError`) and the same commands, rerun, resume from the last che
 """
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 
 import tensorflow as tf
@@ -37,6 +39,7 @@ from mobile_pirl_tf import UsageError
 # the start for all of them to join (a worker given a wrong address fails instead of hanging).
 HEALTH_CHECK_SECONDS = 5
 CLUSTER_WAIT_SECONDS = 600
+TPU_CONNECT_SECONDS = 10
 
 
 class ClusterError(UsageError):
@@ -83,6 +86,12 @@ def _multi_worker():
 
 
 def _tpu(address):
+    if address.startswith("grpc://"):  # TensorFlow waits forever on an address nobody serves
+        host, _, port = address[len("grpc://"):].rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=TPU_CONNECT_SECONDS).close()
+        except (OSError, ValueError) as e:
+            raise UsageError(f"no TPU found at --tpu={address}: cannot connect ({e})") from None
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address or None)
         tf.config.experimental_connect_to_cluster(resolver)
@@ -117,11 +126,28 @@ def write_dir(model_dir, strategy):
     if is_chief(strategy):
         yield model_dir
         return
-    folder = tempfile.mkdtemp(prefix="mobile-pirl-worker-")
+    _remove_dead_workers_folders()
+    folder = tempfile.mkdtemp(prefix=f"{WORKER_PREFIX}{os.getpid()}-")
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+WORKER_PREFIX = "mobile-pirl-worker-"
+
+
+def _remove_dead_workers_folders():
+    """The temporary folders of workers of this machine that were killed (a SIGKILL leaves no
+    chance to clean up), recognised by their process id."""
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"{WORKER_PREFIX}*-*")):
+        pid = os.path.basename(folder)[len(WORKER_PREFIX):].split("-")[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, PermissionError):  # not ours, or another user's live process
+            pass
 
 
 def distribute(strategy, dataset_fn, batch_size):

@@ -180,6 +180,9 @@ class TrainConfig(DataConfig):
                          "TPU.", STRATEGIES)
     tpu: str = flag("", "With --strategy=tpu: the TPU's name or grpc:// address (empty: the "
                     "environment's, as on a TPU VM).")
+    steps_per_execution: int = flag(1, "Training steps per call into the compiled step (the "
+                                    "host is visited once per call: raise it on TPUs); the "
+                                    "progress and the loss check then see every N-th step.")
     monitor_data_dir: Optional[str] = flag(None, "Labelled folder (train/<class>/, "
                                            "test/<class>/) for a kNN probe during training, "
                                            "logged as knn_top1.")
@@ -212,7 +215,7 @@ class TrainConfig(DataConfig):
     # strategy may too (the global batch, hence the training, is the same on any number of
     # replicas, up to batch-norm statistics being per replica).
     RESUMABLE = ("epochs", "model_dir", "verbose", "monitor_data_dir", "monitor_every",
-                 "learning_rate", "strategy", "tpu",
+                 "learning_rate", "strategy", "tpu", "steps_per_execution",
                  "bn_recalibration_images", "cache_images")
     HELP_GROUPS = {
         "Data": ("dataset", "data_dir", "tfds_data_dir", "tfds_manual_dir"),
@@ -224,8 +227,8 @@ class TrainConfig(DataConfig):
         "Optimisation": ("epochs", "schedule_epochs", "batch_size", "steps_per_epoch",
                          "learning_rate", "momentum",
                          "weight_decay", "seed", "mixed_precision"),
-        "Run": ("model_dir", "strategy", "tpu", "monitor_data_dir", "monitor_every", "verbose",
-                "bn_recalibration_images", "cache_images"),
+        "Run": ("model_dir", "strategy", "tpu", "steps_per_execution", "monitor_data_dir",
+                "monitor_every", "verbose", "bn_recalibration_images", "cache_images"),
     }
 
     def validate(self):
@@ -240,6 +243,7 @@ class TrainConfig(DataConfig):
              f"--image_size must be in [32, {MAX_IMAGE_SIZE}], got {self.image_size}"),
             (self.batch_size >= 1, f"--batch_size must be positive, got {self.batch_size}"),
             (self.epochs >= 1, f"--epochs must be positive, got {self.epochs}"),
+            (self.steps_per_execution >= 1, "--steps_per_execution must be positive"),
             (self.schedule_epochs is None or self.schedule_epochs >= self.epochs,
              "--schedule_epochs must be at least --epochs"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1,

@@ -59,7 +59,7 @@ def build_pirl(config, num_examples, backbone=None):
                                      momentum=config.momentum)
     if keras.mixed_precision.global_policy().compute_dtype == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer)
+    model.compile(optimizer=optimizer, steps_per_execution=config.steps_per_execution)
     return model
 
 
