@@ -13,7 +13,8 @@ One module per concept:
   pretraining pipeline).
 - PIRL: `heads` (projection heads f and g), `memory_bank` (bank and negative sampling),
   `losses` (NCE, InfoNCE), `pirl` (the `keras.Model` with its custom `train_step`),
-  `training` (strategy, checkpoint / resume, `model.fit`), `callbacks` (per-epoch checkpoint,
+  `training` (checkpoint / resume, `model.fit`), `cluster` (the tf.distribute strategy of
+  `--strategy`, sharded input, who writes the run), `callbacks` (per-epoch checkpoint,
   kNN monitor), `sweep` (the contingency sweep over transformation pairs), `study` (the
   proposal's experiments A-D: successive halving over cells, seeds for the finalists, the cost
   model and plan), `study_report` (intervals, verdicts, heat-map, Pareto plot, REPORT.md).

@@ -1,6 +1,7 @@
 """PIRL pretraining: strategy, checkpoint / resume, `model.fit` (settings: `config.TrainConfig`).
 
-`train(config)` is what `python train.py` runs. A run lives in `model_dir`:
+`train(config)` is what `python train.py` runs, under the strategy of `--strategy`
+(`cluster.py`; on several machines the chief alone writes). A run lives in `model_dir`:
 
     config.json        the configuration (a different one is refused, never overwritten)
     checkpoints/       tf.train checkpoints, one per epoch: weights, optimizer, memory bank, epoch
