@@ -173,6 +173,7 @@ def test_each_shard_builds_its_slice_of_every_global_batch(image_folder):
                                       np.concatenate([first["image"], second["image"]]))
 
 
+@pytest.mark.slow
 def test_the_step_compiles_under_xla_with_the_default_paths_loss():
     """What a TPU needs of the step: static shapes and XLA-compilable ops. The jit-compiled
     step gives the loss and the bank of the default path."""
