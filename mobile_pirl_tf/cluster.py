@@ -42,6 +42,12 @@ CLUSTER_WAIT_SECONDS = 600
 TPU_CONNECT_SECONDS = 10
 
 
+# Strategies with one input pipeline per host, whose variables the deployable encoder must not
+# share (it is rebuilt outside the strategy).
+PER_HOST_INPUT = (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
+WORKER_PREFIX = "mobile-pirl-worker-"
+
+
 class ClusterError(UsageError):
     """A worker of the cluster stopped or could not be reached."""
 
@@ -119,22 +125,15 @@ def is_chief(strategy):
 
 
 @contextlib.contextmanager
-def write_dir(model_dir, strategy):
-    """The folder this process writes the run to: model_dir for the chief, a temporary folder
-    (removed on leaving) for the other workers, which must take part in every save but whose
-    files nobody keeps."""
-    if is_chief(strategy):
-        yield model_dir
-        return
+def worker_dir():
+    """The temporary folder (removed on leaving) a non-chief worker writes to: it takes part in
+    every save, but nobody keeps its files; the chief writes --model_dir."""
     _remove_dead_workers_folders()
     folder = tempfile.mkdtemp(prefix=f"{WORKER_PREFIX}{os.getpid()}-")
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-WORKER_PREFIX = "mobile-pirl-worker-"
 
 
 def _remove_dead_workers_folders():
@@ -156,8 +155,7 @@ def distribute(strategy, dataset_fn, batch_size):
     def per_pipeline(context):
         return dataset_fn(context.input_pipeline_id, context.num_input_pipelines,
                           context.get_per_replica_batch_size(batch_size))
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or isinstance(
-            strategy, tf.distribute.TPUStrategy):
+    if isinstance(strategy, PER_HOST_INPUT):
         return strategy.distribute_datasets_from_function(per_pipeline)
     return dataset_fn(0, 1, batch_size)  # one pipeline: Keras splits the global batch
 

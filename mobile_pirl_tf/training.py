@@ -225,9 +225,7 @@ def float32_encoder(model, config, backbone_fn=None, strategy=None):
     (a float32 twin of the backbone with the trained weights, which are float32 variables; a
     twin outside the strategy too, after multi-worker or TPU training)."""
     backbone = model.backbone
-    distributed = isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
-                                        tf.distribute.TPUStrategy))
-    if config.mixed_precision != "none" or distributed:
+    if config.mixed_precision != "none" or isinstance(strategy, cluster.PER_HOST_INPUT):
         backbone = backbone_fn() if backbone_fn else backbones.build_backbone(config.backbone,
                                                                             config.width)
         backbone.set_weights(model.backbone.get_weights())
@@ -294,7 +292,7 @@ def train(config: TrainConfig, backbone_fn=None):
         raise UsageError(f"--batch_size={config.batch_size} must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")
     if not cluster.is_chief(strategy):  # the chief writes the run; this worker only trains
-        with cluster.write_dir(config.model_dir, strategy) as out_dir, \
+        with cluster.worker_dir() as out_dir, \
                 cluster.lost_workers_reported(strategy, config.model_dir):
             history_logs = _train_epochs(config, source, steps_per_epoch, strategy,
                                          backbone_fn, out_dir)[0]
