@@ -148,7 +148,10 @@ class Costs:
     """Seconds of the study's pieces of work, from measurements on this machine kept in
     costs.json: per (backbone, kind) the fixed cost of a train.py call (building, tracing,
     checkpointing, writing the encoder with its re-estimated statistics), the time of a PIRL
-    step, and the time per image of the frozen encoder."""
+    step, and the time per image of the frozen encoder. The fixed cost and the encoder's time
+    are measured once per backbone (one real train.py call): both kinds trace two backbone
+    passes, and their fixed costs differ by less than a run-to-run spread (RESULTS.md);
+    the step is timed per kind."""
 
     def __init__(self, path, base, steps_per_epoch, eval_images):
         self.path, self.base = path, base
@@ -165,11 +168,17 @@ class Costs:
         if key in self.table:
             return self.table[key]
         log(f"measuring {key} ...")
-        transforms = "jigsaw" if kind == "patches" else "rotation"
-        if not self.warm:  # the process's first training call also pays one-time set-up
-            measure_cell_costs(self.base, Cell(backbone, transforms), scratch_dir)
-            self.warm = True
-        self.table[key] = measure_cell_costs(self.base, Cell(backbone, transforms), scratch_dir)
+        cell = Cell(backbone, "jigsaw" if kind == "patches" else "rotation")
+        step_s = measure_step_seconds(self.base, cell)
+        other = self.table.get(self._key(backbone, "image" if kind == "patches" else "patches"))
+        if other is not None:  # this backbone's train.py call is measured already
+            costs = {k: v for k, v in other.items() if k != "step_s"}
+        else:
+            if not self.warm:  # the process's first training call also pays one-time set-up
+                two_step_train(self.base, cell, scratch_dir)
+                self.warm = True
+            costs = measure_call_costs(self.base, cell, scratch_dir, step_s)
+        self.table[key] = {**costs, "step_s": step_s}
         write_json(self.path, self.table)
         return self.table[key]
 
@@ -183,15 +192,11 @@ class Costs:
         return c["probe_setup_s"] + self.eval_images * c["image_s"] + (10.0 if linear else 1.0)
 
 
-def measure_cell_costs(base, cell, scratch_dir):
-    """Times one real two-step train.py call and its probe's feature extraction (scratch run in
-    scratch_dir, removed), and PIRL steps on a synthetic batch."""
+def two_step_train(base, cell, scratch_dir):
+    """Seconds of a real two-step train.py call of `cell` (its run folder in scratch_dir)."""
     import shutil
 
-    import numpy as np
-    import tensorflow as tf
-
-    from mobile_pirl_tf import backbones, pipeline, training
+    from mobile_pirl_tf import training
 
     run_dir = os.path.join(scratch_dir, f"{cell.backbone}-{cell.kind}")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -199,7 +204,19 @@ def measure_cell_costs(base, cell, scratch_dir):
                               steps_per_epoch=2, model_dir=run_dir, verbose=0)
     started = time.perf_counter()
     training.train(cfg)
-    setup = time.perf_counter() - started
+    return time.perf_counter() - started, run_dir
+
+
+def measure_call_costs(base, cell, scratch_dir, step_s):
+    """The fixed cost of a train.py call (a two-step call less its two steps of step_s) and
+    the probe's feature extraction: setting up the saved encoder, then seconds per image."""
+    import shutil
+
+    import numpy as np
+
+    from mobile_pirl_tf import backbones
+
+    seconds, run_dir = two_step_train(base, cell, scratch_dir)
     started = time.perf_counter()
     encoder, _ = backbones.load_encoder(encoder_path=os.path.join(run_dir, "encoder.keras"))
     images = np.random.default_rng(0).uniform(0, 255, (64, base.image_size, base.image_size, 3))
@@ -209,7 +226,19 @@ def measure_cell_costs(base, cell, scratch_dir):
     for _ in range(3):
         encoder.predict_on_batch(images)
     image_s = (time.perf_counter() - started) / (3 * 64)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    _clear()
+    return {"setup_s": round(seconds - 2 * step_s, 2), "probe_setup_s": round(probe_setup, 2),
+            "image_s": round(image_s, 6)}
 
+
+def measure_step_seconds(base, cell):
+    """Seconds of one traced PIRL step of `cell` on a synthetic batch (median of three)."""
+    import tensorflow as tf
+
+    from mobile_pirl_tf import pipeline, training
+
+    cfg = dataclasses.replace(base, backbone=cell.backbone, transforms=cell.transforms)
     model = training.build_pirl(cfg, 10_000)
     training.set_schedule(model, cfg, 1000)
     training.build_variables(model, cfg)
@@ -217,15 +246,13 @@ def measure_cell_costs(base, cell, scratch_dir):
     batch = pipeline.synthetic_batch(base.batch_size, base.image_size, 10_000,
                                      names=cfg.transform_names())
     float(step(batch)["loss"])
-    started = time.perf_counter()
+    times = []
     for _ in range(3):
-        out = step(batch)
-    float(out["loss"])
-    step_s = (time.perf_counter() - started) / 3
-    shutil.rmtree(run_dir, ignore_errors=True)
+        started = time.perf_counter()
+        float(step(batch)["loss"])
+        times.append(time.perf_counter() - started)
     _clear()
-    return {"setup_s": round(setup - 2 * step_s, 2), "step_s": round(step_s, 4),
-            "probe_setup_s": round(probe_setup, 2), "image_s": round(image_s, 6)}
+    return round(sorted(times)[1], 4)
 
 
 def _clear():
@@ -306,29 +333,50 @@ class Stage:
         self.rung_scores = {}  # epochs -> {cell key: knn}
 
     # The estimate of what running this stage will cost (nothing is run).
-    def planned_seconds(self, planned=None):
-        """planned: the (cell key, epochs) an earlier stage's estimate already holds (updated);
-        a cell two stages share (A's jigsaw cell of the study backbone is also B's) is costed
-        once."""
+    def planned_seconds(self, planned=None, dearest=False):
+        """The estimate of what running this stage will cost (nothing is run). Which cells go
+        on is unknown until they are scored: a rung is costed as its expected cost when every
+        cell is as likely as any other to go on (with dearest=True, the cost when the dearest
+        go on); once a rung's scores are all recorded, they decide. planned: the (cell key,
+        epochs) an earlier stage's estimate already holds (updated); a cell two stages share
+        (A's jigsaw cell of the study backbone is also B's) is costed once."""
         planned = set() if planned is None else planned
-        total, alive, done = 0.0, list(self.cells), 0
+        total, done = 0.0, 0
+        reach = {cell: 1.0 for cell in self.cells}  # the chance that a cell reaches the rung
+        count, last = len(self.cells), len(self.rungs) - 1  # cells at the rung
         for i, r in enumerate(self.rungs):
-            for cell in alive:
-                if r not in self.runner.scores(cell) and (cell.key, r) not in planned:
+            for cell, p in reach.items():
+                if p and r not in self.runner.scores(cell) and (cell.key, r) not in planned:
                     planned.add((cell.key, r))
-                    total += (self.costs.train_seconds(cell, done, r)
-                              + self.costs.probe_seconds(cell))
+                    total += p * (self.costs.train_seconds(cell, done, r)
+                                  + self.costs.probe_seconds(cell))
             done = r
-            alive = alive[:kept_count(len(alive), self.f.eta, self._minimum_kept(i))]
-        for cell in alive[:self.f.finalists]:
-            for seed in range(self.f.seeds):
+            keep = (min(self.f.finalists, count) if i == last
+                    else kept_count(count, self.f.eta, self._minimum_kept(i)))
+            reach, count = self._going_on(reach, r, count, keep, dearest), keep
+        for cell, p in reach.items():
+            for seed in range(1, self.f.seeds) if p else ():
                 seeded = cell.with_seed(seed)
-                if "linear_top1" in self.runner.scores(seeded).get(self.f.max_epochs, {}):
-                    continue
-                train = 0.0 if seed == 0 else self.costs.train_seconds(seeded, 0,
-                                                                       self.f.max_epochs)
-                total += train + self.costs.probe_seconds(seeded, linear=True)
+                if "linear_top1" not in self.runner.scores(seeded).get(self.f.max_epochs, {}):
+                    total += p * (self.costs.train_seconds(seeded, 0, self.f.max_epochs)
+                                  + self.costs.probe_seconds(seeded, linear=True))
+            if p and "linear_top1" not in self.runner.scores(cell).get(self.f.max_epochs, {}):
+                total += p * self.costs.probe_seconds(cell, linear=True)
         return total
+
+    def _going_on(self, reach, epochs, count, keep, dearest):
+        """{cell: chance of going on} after the rung at `epochs` keeps `keep` of its `count`
+        cells."""
+        going = [c for c, p in reach.items() if p]
+        scores = {c: self.runner.scores(c).get(epochs, {}).get("knn_top1") for c in going}
+        if all(v is not None for v in scores.values()) and set(reach.values()) <= {0.0, 1.0}:
+            chosen = sorted(going, key=lambda c: -scores[c])[:keep]
+        elif dearest:
+            chosen = sorted(going, key=lambda c: -self.costs.train_seconds(
+                c, 0, self.f.max_epochs))[:keep]
+        else:
+            return {c: p * keep / count for c, p in reach.items()}
+        return {c: float(c in chosen) for c in reach}
 
     def _study(self):
         import optuna
@@ -526,9 +574,10 @@ def machine():
     return f"{model} ({socket.gethostname()}), {os.cpu_count()} cores, VNNI {vnni}"
 
 
-def plan(flags, base, runner, costs, study_backbone):
+def plan(flags, base, runner, costs, study_backbone, dearest=False):
     """{stage: estimated seconds} of what is left to run (stage C assumes the --top_k best
-    combinations are jigsaw-like in cost, stage B the study backbone)."""
+    combinations are jigsaw-like in cost, stage B the study backbone): the expected time, or
+    with dearest=True the time when the dearest cells of every rung go on."""
     f = flags
     a = Stage("A", [Cell(b, "jigsaw") for b in f.backbones], runner, costs, Budget(0), f, None)
     b_cells = [Cell(study_backbone, t) for t in stage_b_cells(f.transforms)]
@@ -543,9 +592,9 @@ def plan(flags, base, runner, costs, study_backbone):
     c = Stage("C", c_cells, runner, costs, Budget(0), f, None)
     planned = set()
     # Stage D's conversions and timings are made (and cached) during calibration.
-    return {"A": a.planned_seconds(planned),
-            "B": b.planned_seconds(planned) + b3.planned_seconds(planned),
-            "C": c.planned_seconds(planned), "D": 0.0}
+    return {"A": a.planned_seconds(planned, dearest),
+            "B": b.planned_seconds(planned, dearest) + b3.planned_seconds(planned, dearest),
+            "C": c.planned_seconds(planned, dearest), "D": 0.0}
 
 
 def run_study(flags, base, log=print):
@@ -576,21 +625,27 @@ def run_study(flags, base, log=print):
                       log)
     study_backbone = f.study_backbone or f.backbones[0]  # B's cost until A has a winner
     estimate = plan(f, base, runner, costs, study_backbone)
+    dearest = plan(f, base, runner, costs, study_backbone, dearest=True)
     log(f"plan ({machine()}; {steps} steps per epoch, rungs "
         f"{rungs(f.min_epochs, f.max_epochs, f.eta)} epochs, {f.seeds} seeds for "
-        f"{f.finalists} finalists per stage):")
+        f"{f.finalists} finalists per stage; expected time, and the time if the dearest cells "
+        "go on at every rung):")
     for stage, seconds in estimate.items():
-        note = " (its conversions and timings were made during calibration)" if stage == "D" else ""
+        note = (" (its conversions and timings were made during calibration)" if stage == "D"
+                else f", up to {duration(dearest[stage])}")
         log(f"  stage {stage}: about {duration(seconds)}{note}")
-    total = sum(estimate.values())
+    total, most = sum(estimate.values()), sum(dearest.values())
     fits = "within" if total <= budget.seconds else "OVER"
-    log(f"  total: about {duration(total)} ({fits} the budget of {budget.left_text()})")
-    if total > budget.seconds:
-        log("  the study will stop at the budget with a partial report (a rerun continues); to "
-            "fit, lower --max_epochs, --steps_per_epoch or --seeds, or pass fewer --backbones / "
-            "--transforms")
+    log(f"  total: about {duration(total)}, up to {duration(most)} ({fits} the budget of "
+        f"{budget.left_text()})")
+    if most > budget.seconds:
+        when = "will" if total > budget.seconds else "may (if dear cells go on)"
+        log(f"  the study {when} stop at the budget with a partial report (a rerun continues); "
+            "to fit, lower --max_epochs, --steps_per_epoch or --seeds, or pass fewer "
+            "--backbones / --transforms")
     state = {"flags": {k: getattr(f, k) for k in FLAG_NAMES}, "base": dataclasses.asdict(base),
-             "machine": machine(), "plan_seconds": estimate, "stages": {}, "stopped": None,
+             "machine": machine(), "plan_seconds": estimate, "plan_seconds_dearest": dearest,
+             "stages": {}, "stopped": None,
              "splits": {"train": len(splits[0].labels), "test": len(splits[1].labels)},
              "steps_per_epoch": steps, "costs": costs.table}
     if f.dry_run:
@@ -610,11 +665,14 @@ def _stage(name, cells, f, runner, costs, budget, storage, state, log):
     state["stages"][name] = {"cells": [c.key for c in cells], "rungs": stage.rungs,
                              "rung_scores": stage.rung_scores, "failed": stage.failed,
                              "finalists": []}
+    started = time.time()
     try:
         results = stage.run()
     except OutOfBudget:
         state["stages"][name]["finalists"] = stage.finished_finalists()
         raise
+    finally:
+        state["stages"][name]["seconds"] = round(time.time() - started, 1)
     state["stages"][name]["finalists"] = results
     return results
 

@@ -253,7 +253,7 @@ def write(output_dir, state, runner, log=print):
     if state.get("stopped"):
         lines += [f"**Partial report**: the study stopped at its budget: {state['stopped']}. "
                   "Rerun the same command (with more --budget_hours) to continue.", ""]
-    plan = state.get("plan_seconds", {})
+    plan, dearest = state.get("plan_seconds", {}), state.get("plan_seconds_dearest", {})
     for name in ("A", "B", "B3", "C"):
         stage = state["stages"].get(name)
         if not stage:
@@ -261,8 +261,13 @@ def write(output_dir, state, runner, log=print):
         lines += [f"## {STAGE_TITLES[name]}", ""]
         if name != "B3":
             triples = " (triples included)" if name == "B" else ""
+            took = sum(state["stages"].get(n, {}).get("seconds", 0)
+                       for n in ((name, "B3") if name == "B" else (name,)))
             lines += [f"Cells: {len(stage['cells'])}; planned time of the stage "
-                      f"{plan.get(name, 0) / 60:.0f} min{triples}.", ""]
+                      f"{plan.get(name, 0) / 60:.0f} min (up to "
+                      f"{dearest.get(name, plan.get(name, 0)) / 60:.0f} min if the dearest "
+                      f"cells go on){triples}; this invocation ran it in {took / 60:.0f} min.",
+                      ""]
         if name == "B":
             chosen = "--study_backbone" if flags["study_backbone"] else "stage A winner"
             lines += [f"Backbone: {state.get('study_backbone')} ({chosen}).", ""]

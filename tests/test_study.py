@@ -3,6 +3,7 @@ SciPy-free reference, and a tiny real study: report, figures, CSV, a failed cell
 plan's estimate against the run's time, and a rerun that trains nothing new."""
 
 import csv
+import dataclasses
 import math
 import os
 import time
@@ -247,3 +248,106 @@ def test_a_stage_cut_by_the_budget_reports_the_seeds_it_finished(tmp_path):
     finalists = state["stages"]["Z"]["finalists"]
     assert [f["cell"].transforms for f in finalists] == ["rotation", "crop"]
     assert [len(f["runs"]) for f in finalists] == [2, 0]  # the first's seeds 0 and 1 fitted
+
+
+def test_calibration_trains_once_per_backbone_and_times_each_kinds_step(tmp_path, monkeypatch):
+    trained, stepped = [], []
+
+    def call_costs(base, cell, scratch_dir, step_s):
+        trained.append(cell.key)
+        return {"setup_s": 30.0 - 2 * step_s, "probe_setup_s": 2.0, "image_s": 0.001}
+
+    def step_seconds(base, cell):
+        stepped.append(cell.kind)
+        return {"patches": 0.5, "image": 0.25}[cell.kind]
+
+    monkeypatch.setattr(study, "measure_call_costs", call_costs)
+    monkeypatch.setattr(study, "measure_step_seconds", step_seconds)
+    monkeypatch.setattr(study, "two_step_train", lambda *a: trained.append("warm-up"))
+    base = training.TrainConfig(image_size=32, batch_size=4)
+    costs = study.Costs(str(tmp_path / "costs.json"), base, 10, 100)
+    for backbone in ("a", "b"):
+        for kind in ("image", "patches"):
+            costs.measure(backbone, kind, str(tmp_path), log=lambda *_: None)
+    assert trained == ["warm-up", "a/rotation/seed0", "b/rotation/seed0"]
+    assert stepped == ["image", "patches"] * 2
+    image, patches = (costs.table[f"a/{k}/32px/batch4"] for k in ("image", "patches"))
+    assert image["setup_s"] == patches["setup_s"] == 29.5 and patches["step_s"] == 0.5
+    # Read back, not measured again.
+    again = study.Costs(str(tmp_path / "costs.json"), base, 10, 100)
+    assert again.measure("a", "patches", str(tmp_path), log=lambda *_: None) == patches
+    assert len(trained) == 3 and len(stepped) == 4
+
+
+def test_plan_costs_the_expected_survivors_and_the_dearest_until_scores_decide():
+    class RateCosts(FakeCosts):
+        def train_seconds(self, cell, start, end):
+            return (end - start) * (10.0 if cell.backbone == "dear" else 1.0)
+
+    class OneFinalist(Flags):
+        finalists, seeds = 1, 2
+
+    cells = [study.Cell(b, "jigsaw") for b in ("cheap", "other", "dear")]
+    runner = FakeRunner({"jigsaw": 0.0})
+    stage = study.Stage("P", cells, runner, RateCosts(), study.Budget(0), OneFinalist, None)
+    # Rung 1: all three (1 + 1 + 10); rungs 3 and 9 and the second seed's 9 epochs: one cell,
+    # each a third likely (mean rate 4) or the dear one (rate 10).
+    assert stage.planned_seconds() == pytest.approx(12 + 4 * (2 + 6 + 9))
+    assert stage.planned_seconds(dearest=True) == pytest.approx(12 + 10 * (2 + 6 + 9))
+    # Once rung 1 is scored, its best cell is the one costed, whichever way.
+    runner.done = {"cheap/jigsaw/seed0": {1: {"knn_top1": 0.2}},
+                   "other/jigsaw/seed0": {1: {"knn_top1": 0.3}},
+                   "dear/jigsaw/seed0": {1: {"knn_top1": 0.1}}}
+    assert stage.planned_seconds() == stage.planned_seconds(dearest=True) == pytest.approx(17)
+
+
+def test_stages_and_report_from_injected_scores(tmp_path, monkeypatch):
+    """A-D end to end without training: who goes on, what stage C trains, the report's four
+    sections with the plan against the time taken, the CSV and both figures."""
+    runner = FakeRunner({"jigsaw": 0.25})  # "small"'s cells; every cell of "big" scores 0.5
+    real_run = runner.run
+
+    def run(cell, epochs, linear=False):
+        if cell.backbone == "small":
+            return real_run(cell, epochs, linear)
+        result = {"knn_top1": 0.5 + epochs / 100, "seconds": 1.0}
+        if linear:
+            result["linear_top1"] = 0.5 + cell.seed / 100
+        runner.done.setdefault(cell.key, {})[epochs] = result
+        return result
+
+    runner.run = run
+    runner.output_dir = str(tmp_path)
+    cost = {"params": 1e6, "macs": 5e6, "float32_bytes": 4e6, "int8_bytes": 1e6,
+            "float32_ms": 1.0, "int8_ms": 0.5}
+    monkeypatch.setattr(study, "backbone_cost", lambda backbone, *a: {
+        **cost, "int8_ms": 2.0 if backbone == "big" else 0.5})
+    monkeypatch.setattr(study, "baselines", lambda *a, **k: {"random": 0.1})
+
+    class F(Flags):
+        backbones, transforms = ["small", "big"], ["jigsaw", "rotation", "crop", "color"]
+        study_backbone, top_k, phone_results, output_dir = None, 1, (), str(tmp_path)
+        min_epochs, max_epochs, eta, finalists, seeds = 1, 3, 3, 2, 2
+
+    base = training.TrainConfig(image_size=32)
+    state = {"flags": {k: getattr(F, k, 0) for k in study.FLAG_NAMES}, "machine": "test",
+             "base": dataclasses.asdict(base), "stages": {}, "stopped": None,
+             "plan_seconds": {"A": 60, "B": 120, "C": 60, "D": 0},
+             "plan_seconds_dearest": {"A": 90, "B": 150, "C": 90, "D": 0},
+             "splits": {"train": 10, "test": 5}, "steps_per_epoch": 2, "wall_seconds": 300}
+    study._run_stages(F, base, runner, FakeCosts(), study.Budget(0),
+                      f"sqlite:///{tmp_path / 's.db'}", state, None, lambda *_: None)
+    assert state["study_backbone"] == "big"  # A's winner goes on to B
+    assert state["top_transforms"] == ["jigsaw"]  # every B cell of "big" scores alike
+    assert state["stages"]["C"]["cells"] == ["small/jigsaw/seed0", "big/jigsaw/seed0"]
+    assert {row["cell"].backbone for row in state["stages"]["D"]["rows"]} == {"small", "big"}
+    study_report.write(str(tmp_path), state, runner, log=lambda *_: None)
+    report = (tmp_path / "REPORT.md").read_text()
+    for title in ("## Stage A", "## Stage B", "## Stage C", "## Stage D"):
+        assert title in report
+    assert "planned time of the stage 1 min (up to 2 min if the dearest cells go on)" in report
+    with open(tmp_path / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["stage"] for r in rows} == {"A", "B", "B3", "C"}
+    for png in ("heatmap.png", "pareto.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
