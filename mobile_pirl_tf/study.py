@@ -341,36 +341,37 @@ class Stage:
         epochs) an earlier stage's estimate already holds (updated); a cell two stages share
         (A's jigsaw cell of the study backbone is also B's) is costed once."""
         planned = set() if planned is None else planned
+        scores = {c: self.runner.scores(c) for c in self.cells}  # read once, not per rung
         total, done = 0.0, 0
         reach = {cell: 1.0 for cell in self.cells}  # the chance that a cell reaches the rung
         count, last = len(self.cells), len(self.rungs) - 1  # cells at the rung
         for i, r in enumerate(self.rungs):
             for cell, p in reach.items():
-                if p and r not in self.runner.scores(cell) and (cell.key, r) not in planned:
+                if p and r not in scores[cell] and (cell.key, r) not in planned:
                     planned.add((cell.key, r))
                     total += p * (self.costs.train_seconds(cell, done, r)
                                   + self.costs.probe_seconds(cell))
             done = r
             keep = (min(self.f.finalists, count) if i == last
                     else kept_count(count, self.f.eta, self._minimum_kept(i)))
-            reach, count = self._going_on(reach, r, count, keep, dearest), keep
+            reach, count = self._going_on(reach, scores, r, count, keep, dearest), keep
         for cell, p in reach.items():
-            for seed in range(1, self.f.seeds) if p else ():
+            for seed in range(self.f.seeds) if p else ():
                 seeded = cell.with_seed(seed)
-                if "linear_top1" not in self.runner.scores(seeded).get(self.f.max_epochs, {}):
-                    total += p * (self.costs.train_seconds(seeded, 0, self.f.max_epochs)
-                                  + self.costs.probe_seconds(seeded, linear=True))
-            if p and "linear_top1" not in self.runner.scores(cell).get(self.f.max_epochs, {}):
-                total += p * self.costs.probe_seconds(cell, linear=True)
+                if "linear_top1" in self.runner.scores(seeded).get(self.f.max_epochs, {}):
+                    continue
+                train = 0.0 if seed == 0 else self.costs.train_seconds(seeded, 0,
+                                                                       self.f.max_epochs)
+                total += p * (train + self.costs.probe_seconds(seeded, linear=True))
         return total
 
-    def _going_on(self, reach, epochs, count, keep, dearest):
+    def _going_on(self, reach, scores, epochs, count, keep, dearest):
         """{cell: chance of going on} after the rung at `epochs` keeps `keep` of its `count`
-        cells."""
+        cells (scores: each cell's recorded scores)."""
         going = [c for c, p in reach.items() if p]
-        scores = {c: self.runner.scores(c).get(epochs, {}).get("knn_top1") for c in going}
-        if all(v is not None for v in scores.values()) and set(reach.values()) <= {0.0, 1.0}:
-            chosen = sorted(going, key=lambda c: -scores[c])[:keep]
+        knn = {c: scores[c].get(epochs, {}).get("knn_top1") for c in going}
+        if all(v is not None for v in knn.values()) and set(reach.values()) <= {0.0, 1.0}:
+            chosen = sorted(going, key=lambda c: -knn[c])[:keep]
         elif dearest:
             chosen = sorted(going, key=lambda c: -self.costs.train_seconds(
                 c, 0, self.f.max_epochs))[:keep]
