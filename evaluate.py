@@ -20,7 +20,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mobile_pirl_tf import UsageError, cli, config, records  # noqa: E402 - TensorFlow is imported in main
+from mobile_pirl_tf.core import cli, config, records  # noqa: E402 - TensorFlow is imported in main
+from mobile_pirl_tf.core.errors import UsageError  # noqa: E402 - TensorFlow is imported in main
 
 cli.define_flags(config.EvalConfig)
 
@@ -29,7 +30,7 @@ def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, cfg)
     """Builds (or reuses, when output_dir holds the same baseline) a baseline encoder."""
     import keras
 
-    from mobile_pirl_tf import baselines
+    from mobile_pirl_tf.evaluation import baselines
 
     config.check_backbone(backbone, width)
     spec = {"baseline": kind, "backbone": backbone, "image_size": image_size, "width": width,
@@ -66,7 +67,7 @@ def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, cfg)
 def _evaluate(encoder, path, train, test, protocol, output_dir, cfg, label, suffix=""):
     """One protocol's report, with the protocol's batch-norm handling (`probes.protocol_bn_images`)
     unless --bn_recalibration_images overrides it."""
-    from mobile_pirl_tf import probes
+    from mobile_pirl_tf.evaluation import probes
 
     if cfg.bn_recalibration_images is None:
         bn_images = probes.protocol_bn_images(path, label)
@@ -87,7 +88,7 @@ def _finetune(path, size, train, test, output_dir, cfg):
     """eval_finetune.json: each fraction fine-tuned, beside the backbone from scratch."""
     import keras
 
-    from mobile_pirl_tf import finetune
+    from mobile_pirl_tf.evaluation import finetune
 
     fractions = finetune.parse_fractions(cfg.label_fraction or config.FINETUNE_FRACTIONS)
     for fraction in fractions:  # every error before any training
@@ -117,7 +118,7 @@ def _finetune(path, size, train, test, output_dir, cfg):
 def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir, cfg):
     """Random-init (computed when missing) and supervised (when asked or present) rows, for the
     backbone named in the run's config.json."""
-    from mobile_pirl_tf import backbones
+    from mobile_pirl_tf.models import backbones
 
     run_config = _run_config(encoder_path)
     if not run_config:
@@ -146,9 +147,11 @@ def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
     cfg = cli.config_from_flags(config.EvalConfig).validate()
-    from mobile_pirl_tf import backbones, data, probes
+    from mobile_pirl_tf.data import labelled
+    from mobile_pirl_tf.evaluation import probes
+    from mobile_pirl_tf.models import backbones
 
-    train, test = data.labelled_splits(cfg.dataset, cfg.data_dir, cfg.tfds_data_dir)
+    train, test = labelled.labelled_splits(cfg.dataset, cfg.data_dir, cfg.tfds_data_dir)
     if cfg.baseline:
         encoder, path = _baseline_encoder(cfg.baseline, cfg.backbone, cfg.image_size, cfg.width,
                                           train, cfg.output_dir, cfg)
@@ -162,7 +165,7 @@ def main(argv):
         output_dir = cfg.output_dir or cfg.model_dir or os.path.dirname(os.path.abspath(path))
         label = "pirl"
 
-    from mobile_pirl_tf import finetune
+    from mobile_pirl_tf.evaluation import finetune
 
     reports = []
     fractions = finetune.parse_fractions(cfg.label_fraction or (1.0,))

@@ -12,7 +12,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mobile_pirl_tf import cli, config  # noqa: E402 - TensorFlow is imported only in main
+from mobile_pirl_tf.core import cli, config  # noqa: E402 - TensorFlow is imported only in main
 
 cli.define_flags(config.TrainConfig)
 
@@ -21,10 +21,16 @@ def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
     train_config = cli.config_from_flags(config.TrainConfig).validate()
-    from mobile_pirl_tf.training import train
+    from mobile_pirl_tf.training.fit import train
 
+    monitors = []
+    if train_config.monitor_data_dir:
+        from mobile_pirl_tf.evaluation.monitor import KNNMonitor
+
+        monitors.append(KNNMonitor(train_config.monitor_data_dir, train_config.image_size,
+                                   train_config.monitor_every))
     try:
-        summary = train(train_config)
+        summary = train(train_config, extra_callbacks=monitors)
     except FloatingPointError as e:
         cli.fail(e)
     except OSError as e:

@@ -42,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags, logging  # noqa: E402
 
-from mobile_pirl_tf import cli, config  # noqa: E402
+from mobile_pirl_tf.core import cli, config  # noqa: E402
 
 RELU6 = ("mobilenetv2", "efficientnetlite0")  # networks whose activations are all ReLU6
 PTQ_POINTS, QAT_POINTS = 2.0, 1.0
@@ -78,7 +78,9 @@ def train_encoder(backbone, model_dir, train_split):
     path = os.path.join(model_dir, "encoder.keras")
     if os.path.exists(path):
         return path
-    from mobile_pirl_tf import backbones, baselines, batchnorm, training
+    from mobile_pirl_tf.evaluation import baselines, features
+    from mobile_pirl_tf.models import backbones, batchnorm
+    from mobile_pirl_tf.training import fit as training
 
     if FLAGS.training == "pirl":
         train_config = config.TrainConfig(
@@ -96,7 +98,7 @@ def train_encoder(backbone, model_dir, train_split):
     # A few epochs leave the BN moving statistics mostly at their init (momentum 0.999 in
     # MobileNetV2/V3): the features are then nearly constant across images. Re-estimate them,
     # as the evaluation protocol does, so that what is quantized is a usable encoder.
-    batchnorm.recalibrate_batchnorm(encoder, train_split, FLAGS.image_size)
+    features.recalibrate(encoder, train_split, FLAGS.image_size)
     os.makedirs(model_dir, exist_ok=True)
     encoder.save(path + ".tmp.keras")
     os.replace(path + ".tmp.keras", path)
@@ -166,7 +168,7 @@ def export_seed(encoder, backbone, model_dir, seed, source, splits):
     out_dir = os.path.join(model_dir, "export" if seed == 0 else f"export_seed{seed}")
     report_path = os.path.join(out_dir, "report.json")
     if not os.path.exists(report_path):
-        from mobile_pirl_tf import deploy
+        from mobile_pirl_tf.deployment import export as deploy
 
         export_config = config.ExportConfig(
             variants=tuple(FLAGS.variants), backbone=backbone, qat_epochs=FLAGS.qat_epochs,
@@ -182,10 +184,11 @@ def export_seed(encoder, backbone, model_dir, seed, source, splits):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from mobile_pirl_tf import backbones, data
+    from mobile_pirl_tf.data import labelled, sources
+    from mobile_pirl_tf.models import backbones
 
-    splits = data.folder_splits(FLAGS.eval_data_dir)
-    source = data.folder_source(os.path.join(FLAGS.eval_data_dir, "train"))
+    splits = labelled.folder_splits(FLAGS.eval_data_dir)
+    source = sources.folder_source(os.path.join(FLAGS.eval_data_dir, "train"))
     lines = []
     for backbone in FLAGS.backbones:
         model_dir = os.path.join(FLAGS.output_dir, backbone)

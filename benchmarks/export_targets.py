@@ -30,7 +30,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from mobile_pirl_tf import backbones, batchnorm, cli, data, tflite  # noqa: E402
+from mobile_pirl_tf.core import cli  # noqa: E402
+from mobile_pirl_tf.data import labelled, sources  # noqa: E402
+from mobile_pirl_tf.deployment import tflite  # noqa: E402
+from mobile_pirl_tf.evaluation import features  # noqa: E402
+from mobile_pirl_tf.models import backbones  # noqa: E402
 
 PLAIN = {"mobilenetv2": "MobileNetV2", "mobilenetv3small": "MobileNetV3Small",
          "mobilenetv3large": "MobileNetV3Large", "efficientnetb0": "EfficientNetB0"}
@@ -63,16 +67,16 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     size = FLAGS.image_size
-    train, _ = data.folder_splits(FLAGS.eval_data_dir)
-    source = data.folder_source(os.path.join(FLAGS.eval_data_dir, "train"))
-    calibration = data.sample_images(source, FLAGS.calibration_images, size)
+    train, _ = labelled.folder_splits(FLAGS.eval_data_dir)
+    source = sources.folder_source(os.path.join(FLAGS.eval_data_dir, "train"))
+    calibration = sources.sample_images(source, FLAGS.calibration_images, size)
     print(f"image_size={size} runs={FLAGS.runs} rounds={FLAGS.rounds} "
           f"calibration_images={len(calibration)}")
     for name in FLAGS.backbones:
         keras.utils.set_random_seed(0)
         backbone = backbones.build_backbone(name)
         encoder = backbones.build_encoder(backbone, size)
-        batchnorm.recalibrate_batchnorm(encoder, train, size, num_images=256)
+        features.recalibrate(encoder, train, size, num_images=256)
         float32 = tflite.convert(encoder, "float32")
         int8 = tflite.convert(encoder, "int8", calibration)
         line = [f"{name}: float32_kb={len(float32) / 1024:.0f} int8_kb={len(int8) / 1024:.0f} "

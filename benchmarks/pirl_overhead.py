@@ -31,7 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-from mobile_pirl_tf import cli, config, data, pipeline, training, transforms  # noqa: E402
+from mobile_pirl_tf.core import cli, config  # noqa: E402
+from mobile_pirl_tf.data import pipeline, sources, transforms  # noqa: E402
+from mobile_pirl_tf.training import fit as training  # noqa: E402
 
 cli.define_common("backbone", "image_size", "data_dir")
 flags.DEFINE_integer("steps", 10, "Steps per timed round.")
@@ -165,7 +167,7 @@ def main(argv):
     if not os.path.isdir(FLAGS.data_dir):
         print(f"training_images_per_second=skipped: no images at {FLAGS.data_dir}")
         return
-    source = data.folder_source(FLAGS.data_dir)
+    source = sources.folder_source(FLAGS.data_dir)
     cache = pipeline.image_cache(source)
     fed = {"default": fed_images_per_second(default, source, cache),
            "default_decoding": fed_images_per_second(default, source),

@@ -20,17 +20,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from mobile_pirl_tf import (  # noqa: E402
-    backbones,
-    baselines,
+from mobile_pirl_tf.core import cli, config
+from mobile_pirl_tf.data import labelled, pipeline, sources
+from mobile_pirl_tf.evaluation import baselines, probes
+from mobile_pirl_tf.models import (
+    backbones,  # noqa: E402
     batchnorm,
-    cli,
-    config,
-    data,
-    pipeline,
-    probes,
-    training,
 )
+from mobile_pirl_tf.training import fit as training
 
 cli.define_common("eval_data_dir", "output_dir", "backbone", "image_size", "seed",
                   output_dir="runs/quality")
@@ -70,7 +67,7 @@ def pirl_epochs_for_budget(num_examples, budget_seconds):
     train_config = pirl_config(1, "/nonexistent")
     model = training.build_pirl(train_config, num_examples)
     training.build_variables(model, train_config)
-    source = data.folder_source(train_config.data_dir)
+    source = sources.folder_source(train_config.data_dir)
     batches = iter(pipeline.pretraining_dataset(
         source, train_config.image_size, train_config.batch_size,
         num_examples // train_config.batch_size, train_config.seed,
@@ -94,7 +91,7 @@ def pirl_epochs_for_budget(num_examples, budget_seconds):
 def main(argv):
     del argv
     budget = FLAGS.budget_minutes * 60
-    train, test = data.folder_splits(FLAGS.eval_data_dir)
+    train, test = labelled.folder_splits(FLAGS.eval_data_dir)
     out = FLAGS.output_dir
     encoders = {}
     timings = {}

@@ -30,7 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 from absl import flags  # noqa: E402
 
-from mobile_pirl_tf import cli, data  # noqa: E402
+from mobile_pirl_tf.core import cli  # noqa: E402
+from mobile_pirl_tf.data import sources
 
 STORED = ("ReLU", "Activation", "Add", "Multiply", "BatchNormalization")
 
@@ -87,7 +88,7 @@ def relative_noise(encoder, images):
 
 
 def main(_):
-    source = data.folder_source(FLAGS.data_dir)
+    source = sources.folder_source(FLAGS.data_dir)
     print(f"images={FLAGS.images} data={FLAGS.data_dir}")
     paths = ({FLAGS.encoder: FLAGS.encoder} if FLAGS.encoder else
              {b: os.path.join(FLAGS.runs_dir, b, "encoder.keras") for b in FLAGS.backbones})
@@ -97,7 +98,7 @@ def main(_):
                   "benchmarks/export_accuracy.py first)")
             continue
         encoder = keras.models.load_model(path, compile=False)
-        images = data.sample_images(source, FLAGS.images, int(encoder.input.shape[1]))
+        images = sources.sample_images(source, FLAGS.images, int(encoder.input.shape[1]))
         noise = relative_noise(encoder, images)
         rel = np.array([n for n, _ in noise])
         worst = ", ".join(f"{name} {n:.3f}" for n, name in sorted(noise, reverse=True)[:3])

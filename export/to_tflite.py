@@ -17,7 +17,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mobile_pirl_tf import UsageError, cli, config  # noqa: E402 - TensorFlow is imported in main
+from mobile_pirl_tf.core import cli, config  # noqa: E402 - TensorFlow is imported in main
+from mobile_pirl_tf.core.errors import UsageError  # noqa: E402 - TensorFlow is imported in main
 
 cli.define_flags(config.ExportConfig)
 
@@ -34,7 +35,9 @@ def main(argv):
     del argv
     logging.getLogger().setLevel(logging.WARNING)
     cfg = cli.config_from_flags(config.ExportConfig).validate()
-    from mobile_pirl_tf import backbones, data, deploy
+    from mobile_pirl_tf.data import labelled, sources
+    from mobile_pirl_tf.deployment import export as deploy
+    from mobile_pirl_tf.models import backbones
 
     encoder, path = backbones.load_encoder(cfg.model_dir, cfg.encoder)
     cfg = cfg.with_run_defaults(_run_config(cfg.model_dir or os.path.dirname(path))).validate()
@@ -46,8 +49,8 @@ def main(argv):
     if existing and not cfg.overwrite:
         raise UsageError(f"{out_dir} already holds {', '.join(existing)}; pass --overwrite "
                          "to replace them or --output_dir=NEW")
-    source = data.make_source(cfg.dataset, cfg.data_dir, cfg.tfds_data_dir, cfg.tfds_manual_dir)
-    probe_splits = data.folder_splits(cfg.eval_data_dir) if cfg.eval_data_dir else None
+    source = sources.make_source(cfg.dataset, cfg.data_dir, cfg.tfds_data_dir, cfg.tfds_manual_dir)
+    probe_splits = labelled.folder_splits(cfg.eval_data_dir) if cfg.eval_data_dir else None
     try:
         deploy.export_encoder(encoder, out_dir, source, cfg, probe_splits)
     except deploy.ExportMismatch as e:

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobile_pirl_tf import backbones, complexity, training, transforms
+from mobile_pirl_tf.data import transforms
+from mobile_pirl_tf.deployment import complexity
+from mobile_pirl_tf.models import backbones
+from mobile_pirl_tf.training import fit as training
 
 FEATURE_DIM = {"resnet50": 2048, "mobilenetv2": 1280, "mobilenetv3small": 576,
                "mobilenetv3large": 960, "efficientnetb0": 1280, "efficientnetlite0": 1280,
@@ -82,7 +85,7 @@ def test_mnasnet_a1_reproduces_the_published_counts():
 def test_table_command_on_two_small_backbones(tmp_path):
     out = tmp_path / "table"
     proc = subprocess.run(
-        [sys.executable, "-m", "mobile_pirl_tf.complexity", "--image_size=64",
+        [sys.executable, "benchmarks/table1.py", "--image_size=64",
          "--backbones=mobilenetv3small,mnasnet_b1", "--runs=3", "--threads=1",
          f"--output_dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -98,7 +101,7 @@ def test_table_command_on_two_small_backbones(tmp_path):
 
 
 def test_table_command_rejects_an_unknown_backbone(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mobile_pirl_tf.complexity", "--backbones=vgg16",
+    proc = subprocess.run([sys.executable, "benchmarks/table1.py", "--backbones=vgg16",
                            f"--output_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0

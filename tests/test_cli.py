@@ -11,7 +11,8 @@ import sys
 import pytest
 from conftest import REPO
 
-from mobile_pirl_tf import UsageError, config
+from mobile_pirl_tf.core import config
+from mobile_pirl_tf.core.errors import UsageError
 
 # Runs a script as `python SCRIPT ARGS` would, then reports whether TensorFlow was imported.
 PROBE = """
@@ -93,7 +94,7 @@ def test_the_tree_is_lint_clean():
 
 
 def test_recipe_paper_sets_the_papers_values_and_explicit_flags_win():
-    code = ("from absl import flags; from mobile_pirl_tf import cli, config; "
+    code = ("from absl import flags; from mobile_pirl_tf.core import cli, config; "
             "cli.define_flags(config.TrainConfig); "
             "flags.FLAGS(['x', '--recipe=paper', '--temperature=0.1']); "
             "c = cli.config_from_flags(config.TrainConfig).validate(); "
@@ -134,7 +135,7 @@ def test_progress_is_a_bar_on_a_terminal_and_bounded_lines_in_a_log(caplog):
     import io
     import logging
 
-    from mobile_pirl_tf.progress import Progress
+    from mobile_pirl_tf.core.progress import Progress
 
     class Terminal(io.StringIO):
         def isatty(self):

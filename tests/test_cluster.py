@@ -18,7 +18,10 @@ import pytest
 import tensorflow as tf
 from conftest import REPO
 
-from mobile_pirl_tf import UsageError, cluster, pipeline, training
+from mobile_pirl_tf.core.errors import UsageError
+from mobile_pirl_tf.data import pipeline, sources
+from mobile_pirl_tf.training import cluster
+from mobile_pirl_tf.training import fit as training
 
 TIMEOUT = 300  # seconds any one worker process may take
 SETTINGS = dict(backbone="mobilenetv3small", image_size=32, batch_size=8, num_negatives=16,
@@ -157,9 +160,9 @@ def test_tpu_strategy_without_a_tpu_is_one_line():
 
 def test_each_shard_builds_its_slice_of_every_global_batch(image_folder):
     """Two input pipelines together give exactly the single pipeline's global batches."""
-    from mobile_pirl_tf import data
 
-    source = data.make_source(None, image_folder, None)
+
+    source = sources.make_source(None, image_folder, None)
     whole = list(pipeline.pretraining_dataset(source, 32, 8, 2, seed=3, last_epoch=2)
                  .as_numpy_iterator())
     shards = [list(pipeline.pretraining_dataset(source, 32, 8, 2, seed=3, last_epoch=2,

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from conftest import REPO, write_labelled_folder
 
-from mobile_pirl_tf import UsageError, backbones, batchnorm, data, features, probes, training
+from mobile_pirl_tf.core.errors import UsageError
+from mobile_pirl_tf.data import labelled
+from mobile_pirl_tf.evaluation import features, probes
+from mobile_pirl_tf.models import backbones, batchnorm
+from mobile_pirl_tf.training import fit as training
 
 
 @pytest.mark.slow
@@ -53,7 +57,7 @@ def encoder_dir(tmp_path):
 def test_report_fields_and_feature_cache(encoder_dir, labelled_folder, monkeypatch):
     model_dir, path = encoder_dir
     encoder, _ = backbones.load_encoder(str(model_dir))
-    train, test = data.folder_splits(labelled_folder)
+    train, test = labelled.folder_splits(labelled_folder)
     probes.evaluate_encoder(encoder, path, train, test, "knn", str(model_dir))
     with open(model_dir / "eval_knn.json") as f:
         stored = json.load(f)
@@ -75,7 +79,7 @@ def test_report_fields_and_feature_cache(encoder_dir, labelled_folder, monkeypat
     features.extract_features(encoder, path, train, 32, str(model_dir / "features"))
     assert len(os.listdir(model_dir / "features")) == 3
     extra = write_labelled_folder(str(model_dir / "more"), n_train=11)
-    train2, _ = data.folder_splits(extra)
+    train2, _ = labelled.folder_splits(extra)
     assert features.cache_key(path, train2, 32) != features.cache_key(path, train, 32)
 
 
@@ -83,11 +87,11 @@ def test_error_cases(tmp_path, labelled_folder):
     with pytest.raises(UsageError, match="no encoder"):
         backbones.load_encoder(str(tmp_path))
     with pytest.raises(UsageError, match="no train/ folder"):
-        data.folder_splits(str(tmp_path))
+        labelled.folder_splits(str(tmp_path))
     write_labelled_folder(str(tmp_path / "bad"))
     os.makedirs(tmp_path / "bad" / "test" / "purple")
     with pytest.raises(UsageError, match="test has classes that train/ lacks: purple"):
-        data.folder_splits(str(tmp_path / "bad"))
+        labelled.folder_splits(str(tmp_path / "bad"))
 
 
 def test_cli_random_baseline_and_size_mismatch(tmp_path, labelled_folder, encoder_dir):
@@ -119,11 +123,11 @@ def test_knn_monitor_logs_knn_top1(tmp_path, image_folder, labelled_folder):
 def test_bn_recalibration_fixes_collapsed_random_features(labelled_folder):
     keras.utils.set_random_seed(0)
     encoder = backbones.build_encoder(backbones.build_backbone("mobilenetv3small"), 32)
-    train, _ = data.folder_splits(labelled_folder)
-    batch = next(iter(data.split_images(train, 32)))
+    train, _ = labelled.folder_splits(labelled_folder)
+    batch = next(iter(labelled.split_images(train, 32)))
     before = encoder(batch, training=False).numpy()
     assert before.std(0).mean() < 1e-6  # moving statistics at init: features collapse
-    assert batchnorm.recalibrate_batchnorm(encoder, train, 32, num_images=30) > 0
+    assert features.recalibrate(encoder, train, 32, num_images=30) == 30
     after = encoder(batch, training=False).numpy()
     assert after.std(0).mean() > 1e-3
     bns = [layer for layer in encoder._flatten_layers()

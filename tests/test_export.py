@@ -18,7 +18,12 @@ import keras
 import numpy as np
 import pytest
 
-from mobile_pirl_tf import agreement, backbones, batchnorm, config, data, deploy, tflite
+from mobile_pirl_tf.core import config
+from mobile_pirl_tf.data import labelled, sources
+from mobile_pirl_tf.deployment import agreement, tflite
+from mobile_pirl_tf.deployment import export as deploy
+from mobile_pirl_tf.evaluation import features
+from mobile_pirl_tf.models import backbones
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 48
@@ -30,8 +35,8 @@ def trained_like_encoder(name, labelled_folder):
     features have a realistic scale (fresh BN statistics make them vanish)."""
     keras.utils.set_random_seed(0)
     encoder = backbones.build_encoder(backbones.build_backbone(name), SIZE)
-    train, _ = data.folder_splits(labelled_folder)
-    batchnorm.recalibrate_batchnorm(encoder, train, SIZE, num_images=30)
+    train, _ = labelled.folder_splits(labelled_folder)
+    features.recalibrate(encoder, train, SIZE, num_images=30)
     return encoder
 
 
@@ -39,7 +44,7 @@ def trained_like_encoder(name, labelled_folder):
 def mobilenetv3_export(tmp_path_factory, labelled_folder):
     encoder = trained_like_encoder("mobilenetv3small", labelled_folder)
     out = str(tmp_path_factory.mktemp("export"))
-    source = data.folder_source(os.path.join(labelled_folder, "train"))
+    source = sources.folder_source(os.path.join(labelled_folder, "train"))
     export_config = config.ExportConfig(
         variants=tuple(PTQ_VARIANTS), backbone="mobilenetv3small", calibration_images=20,
         agreement_images=8, qat_epochs=1, latency_runs=3, threads=(1,))
@@ -111,7 +116,7 @@ def test_stale_batchnorm_is_flagged_and_recalibration_fixes_it(tmp_path, labelle
     """Stale BN statistics (here: the last BN layer's moving variance 1e6 x too large, as a
     short run leaves them far from the real ones) make the features near-constant: the export
     warns; --recalibrate_bn_images re-estimates the statistics first, and the warning goes."""
-    source = data.folder_source(os.path.join(labelled_folder, "train"))
+    source = sources.folder_source(os.path.join(labelled_folder, "train"))
     spreads, warnings = {}, {}
     for images in (0, 16):
         encoder = trained_like_encoder("mobilenetv3small", labelled_folder)
@@ -137,7 +142,7 @@ def test_a_failed_variant_is_kept_under_a_name_that_says_so(tmp_path, labelled_f
     written as <variant>.failed.tflite with report.failed.json; no file an app would load
     carries its name, so a rerun needs no --overwrite."""
     monkeypatch.setitem(deploy.MIN_COSINE, "float32", 1.01)
-    source = data.folder_source(os.path.join(labelled_folder, "train"))
+    source = sources.folder_source(os.path.join(labelled_folder, "train"))
     export_config = config.ExportConfig(variants=("float32", "float16"), agreement_images=8,
                                         latency_runs=1, threads=(1,))
     with pytest.raises(deploy.ExportMismatch, match="float32 .*<variant>.failed.tflite"):
@@ -149,7 +154,7 @@ def test_a_failed_variant_is_kept_under_a_name_that_says_so(tmp_path, labelled_f
 
 def test_int8_io_type_is_selectable(mobilenetv3_export, labelled_folder):
     encoder, _, _ = mobilenetv3_export
-    images = data.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
+    images = sources.sample_images(sources.folder_source(os.path.join(labelled_folder, "train")),
                                   12, SIZE)
     for io_type, dtype in (("uint8", np.uint8), ("int8", np.int8)):
         flatbuffer = tflite.convert(encoder, "int8", images, io_type)
@@ -161,10 +166,10 @@ def test_int8_io_type_is_selectable(mobilenetv3_export, labelled_folder):
 @pytest.mark.parametrize("name",
                          ["mobilenetv2", "mobilenetv3small", "efficientnetb0", "mnasnet_a1"])
 def test_tf_keras_twin_reproduces_the_encoder(name, labelled_folder):
-    from mobile_pirl_tf import qat
+    from mobile_pirl_tf.deployment import qat
 
     encoder = trained_like_encoder(name, labelled_folder)
-    images = data.sample_images(data.folder_source(os.path.join(labelled_folder, "test")), 6,
+    images = sources.sample_images(sources.folder_source(os.path.join(labelled_folder, "test")), 6,
                                   SIZE)
     twin = qat.twin(encoder, name)
     # Relative to the largest feature: float32 rounding differs between Keras 3 and tf_keras
@@ -182,11 +187,11 @@ def test_qat_starts_where_post_training_int8_is(labelled_folder):
     output like the converter does, and the converted file reads the pixels as post-training
     int8 does (a fake-quantized input Normalization made the converter requantize them:
     QUANTIZE -> DEQUANTIZE -> QUANTIZE)."""
-    from mobile_pirl_tf import qat
+    from mobile_pirl_tf.deployment import qat
 
     name = "mnasnet_a1"  # squeeze-excite Multiply, Normalization on the pixels
     encoder = trained_like_encoder(name, labelled_folder)
-    images = data.sample_images(data.folder_source(os.path.join(labelled_folder, "train")),
+    images = sources.sample_images(sources.folder_source(os.path.join(labelled_folder, "train")),
                                   16, SIZE)
     twin = qat.twin(encoder, name)
     model = qat.quantize_aware(twin)
@@ -212,7 +217,7 @@ def test_calibrated_ranges_ignore_one_outlier_image():
     """QAT's starting ranges are medians of per-batch extremes: one image 10x out of range (one
     saturated image did this to MobileNetV3-Small: docs/notes/int8-accuracy.md) must not set the
     range."""
-    from mobile_pirl_tf import qat
+    from mobile_pirl_tf.deployment import qat
 
     values = np.random.default_rng(0).uniform(-1.0, 2.0, (96, 4, 4, 3)).astype(np.float32)
     values[40, 0, 0, 0] = 20.0
@@ -227,7 +232,7 @@ def test_qat_quantizes_depthwise_weights_per_channel():
     """Each depthwise channel on its own grid, as the converter quantizes it. tfmot's default
     takes one range for all channels (tensorflow/model-optimization#808): the small channel here
     would round to all zeros."""
-    from mobile_pirl_tf import qat
+    from mobile_pirl_tf.deployment import qat
 
     layers = qat.tf_keras.layers
     inputs = qat.tf_keras.Input((8, 8, 2))
@@ -252,7 +257,7 @@ def test_distillation_trains_the_float_layers_in_inference_mode():
     depth: 9 layers in EfficientNet-B0 / -Lite0) off, so a training-mode call of the float twin
     computes exactly its inference-mode features (with stochastic depth on, EfficientNet-B0's
     distillation loss on unseen images was 0.193 against 0.153)."""
-    from mobile_pirl_tf import qat
+    from mobile_pirl_tf.deployment import qat
 
     model = qat.build_flat_twin("efficientnetlite0", 1.0, SIZE)
     images = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
@@ -284,8 +289,8 @@ def test_op_counts_count_every_op():
 @pytest.mark.parametrize("name", ["mobilenetv3small", "efficientnetb0"])
 def test_qat_runs_one_epoch_and_converts(name, labelled_folder):
     encoder = trained_like_encoder(name, labelled_folder)
-    source = data.folder_source(os.path.join(labelled_folder, "train"))
-    images = data.sample_images(source, 16, SIZE)
+    source = sources.folder_source(os.path.join(labelled_folder, "train"))
+    images = sources.sample_images(source, 16, SIZE)
     model, info = deploy.quantization_aware(encoder, name, 1.0, images, images, epochs=1,
                                             learning_rate=1e-4, seed=0)
     assert info["qat_epochs"] == 1 and len(info["qat_distillation_loss"]) == 1
@@ -418,7 +423,7 @@ def test_export_of_a_just_trained_encoder_agrees_in_float16(tmp_path):
     gets its batch-norm statistics re-estimated on plain views, so `to_tflite.py --model_dir=RUN`
     exports float16 that agrees with Keras (with the statistics of training, still mostly at
     their initial values, the features barely differ between images and float16 erases them)."""
-    from mobile_pirl_tf import training
+    from mobile_pirl_tf.training import fit as training
 
     images = tmp_path / "photos"
     images.mkdir()

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from conftest import write_labelled_folder
 
-from mobile_pirl_tf import UsageError, baselines, data, finetune, probes
+from mobile_pirl_tf.core.errors import UsageError
+from mobile_pirl_tf.data import labelled
+from mobile_pirl_tf.evaluation import baselines, finetune, probes
 
 FAST = {**finetune.FINETUNE_RECIPE, "min_steps": 60}  # the recipe, fewer steps
 
@@ -18,7 +20,7 @@ def toy(tmp_path_factory):
     """3 colour classes, 60 train and 5 test images each, 32 px."""
     root = write_labelled_folder(str(tmp_path_factory.mktemp("toy")), n_train=60, n_test=5,
                                  size=32)
-    return data.folder_splits(root)
+    return labelled.folder_splits(root)
 
 
 def test_subset_is_class_balanced_seeded_and_the_same_for_every_encoder(toy):

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, training
+from mobile_pirl_tf.core.errors import UsageError
+from mobile_pirl_tf.training import fit as training
+from mobile_pirl_tf.training import run_folder
 
 
 def cfg(model_dir, data_dir, **overrides):
@@ -49,7 +51,7 @@ def test_a_second_process_on_the_folder_is_refused_and_a_stale_lock_taken_over(
         tmp_path, image_folder, one_epoch_run):
     run = copy_of(one_epoch_run, tmp_path)
     before = _files(run)
-    with training.run_lock(str(run)):  # held, as a running train.py holds it
+    with run_folder.run_lock(str(run)):  # held, as a running train.py holds it
         with pytest.raises(UsageError, match=f"in use by train.py process {os.getpid()} on "):
             training.train(cfg(run, image_folder, epochs=2))
     after = _files(run)
@@ -83,7 +85,7 @@ def test_divergence_saves_no_non_finite_state_and_the_learning_rate_may_change(
 
 
 def test_a_truncated_encoder_is_reported_as_such(tmp_path):
-    from mobile_pirl_tf import backbones
+    from mobile_pirl_tf.models import backbones
 
     path = tmp_path / "encoder.keras"
     path.write_bytes(b"PK\x03\x04 truncated")

@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from mobile_pirl_tf import losses
+from mobile_pirl_tf.models import losses
 
 
 def _fixed_logits(seed=0, batch=5, k=7):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobile_pirl_tf import memory_bank
+from mobile_pirl_tf.models import memory_bank
 
 
 def test_init_rows_are_unit_norm():

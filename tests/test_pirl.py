@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobile_pirl_tf import training, transforms
+from mobile_pirl_tf.data import transforms
+from mobile_pirl_tf.training import fit as training
 
 NUM_EXAMPLES = 12
 IMAGE_SIZE = 32
@@ -64,7 +65,7 @@ def test_loss_reads_the_bank_before_the_update():
     np.testing.assert_allclose(model.bank.rows.numpy()[batch["index"]], z_image, atol=1e-5)
 
     # The loss, recomputed in NumPy from the pre-step bank and the same negatives.
-    from mobile_pirl_tf import memory_bank
+    from mobile_pirl_tf.models import memory_bank
 
     def infonce(z, term):
         neg_idx = memory_bank.sample_negatives(

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from mobile_pirl_tf import study, study_report, training
+from mobile_pirl_tf import study, study_report
+from mobile_pirl_tf.training import fit as training
 
 T_975_DF2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom
 

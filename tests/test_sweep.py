@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from mobile_pirl_tf import UsageError, sweep, training
+from mobile_pirl_tf import sweep
+from mobile_pirl_tf.core.errors import UsageError
+from mobile_pirl_tf.training import fit as training
 
 
 def test_cells_are_singles_then_unordered_pairs_then_extras():

@@ -13,7 +13,11 @@ import pytest
 import tensorflow as tf
 from conftest import REPO
 
-from mobile_pirl_tf import UsageError, backbones, batchnorm, pipeline, training
+from mobile_pirl_tf.core.errors import UsageError
+from mobile_pirl_tf.data import pipeline
+from mobile_pirl_tf.models import backbones, batchnorm
+from mobile_pirl_tf.training import fit as training
+from mobile_pirl_tf.training import run_folder
 
 
 def cfg(model_dir, data_dir, **overrides):
@@ -104,13 +108,13 @@ def test_run_made_before_a_field_existed_still_resumes(two_epoch_run, image_fold
     del stored["view_min_scale"]
     with open(path, "w") as f:
         json.dump(stored, f)
-    training.prepare_model_dir(cfg(model_dir, image_folder), 32)  # no error
+    run_folder.prepare(cfg(model_dir, image_folder), 32)  # no error
     stored["dataset"] = "stl10"  # recorded beside --data_dir before the data used was recorded
     with open(path, "w") as f:
         json.dump(stored, f)
-    training.prepare_model_dir(cfg(model_dir, image_folder), 32)  # no error
+    run_folder.prepare(cfg(model_dir, image_folder), 32)  # no error
     with pytest.raises(UsageError, match="another configuration.*view_min_scale"):
-        training.prepare_model_dir(cfg(model_dir, image_folder, view_min_scale=0.3), 32)
+        run_folder.prepare(cfg(model_dir, image_folder, view_min_scale=0.3), 32)
 
 
 def test_foreign_non_empty_model_dir_is_refused(tmp_path, image_folder):
@@ -178,7 +182,7 @@ def test_mixed_precision_keeps_bank_and_loss_float32_and_writes_a_float32_encode
 @pytest.mark.slow
 def test_the_defaults_validate_and_train(tmp_path, image_folder):
     """Only what a folder and a small machine need is set; every recipe field is the default."""
-    from mobile_pirl_tf import config
+    from mobile_pirl_tf.core import config
 
     defaults = config.TrainConfig(backbone="mobilenetv3small", image_size=32, batch_size=8,
                                   epochs=1, steps_per_epoch=2, data_dir=image_folder,

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobile_pirl_tf import UsageError, training, transforms, views
+from mobile_pirl_tf.core.errors import UsageError
+from mobile_pirl_tf.data import transforms, views
+from mobile_pirl_tf.training import fit as training
 
 SIZE = 32
 # blur with p = 1 so that "differs across seeds" is about the op, not the coin.

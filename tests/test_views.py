@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobile_pirl_tf import augment, transforms, views
+from mobile_pirl_tf.data import augment, transforms, views
 
 
 def _seed(a, b=0):
@@ -92,7 +92,7 @@ def test_photometric_pieces():
 
 def test_image_view_min_scale_reaches_the_crop(monkeypatch):
     """--view_min_scale goes from the training params to the image view's crop; 0 is refused."""
-    from mobile_pirl_tf import UsageError
+    from mobile_pirl_tf.core.errors import UsageError
     seen = []
     real = augment.random_resized_crop
     monkeypatch.setattr(augment, "random_resized_crop",

@@ -1,0 +1,1 @@
+"""Configuration, command-line plumbing, output, records and progress: free of TensorFlow."""

@@ -1,0 +1,1 @@
+"""Shipping the encoder: LiteRT conversion, agreement, the export report, Table I, QAT."""

@@ -1,0 +1,1 @@
+"""Evaluating frozen encoders: features, probes, baselines, fine-tuning, the kNN monitor."""

@@ -1,0 +1,1 @@
+"""The networks: backbones, PIRL heads, memory bank, losses, the PIRL model, BN statistics."""

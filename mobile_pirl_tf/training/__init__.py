@@ -1,0 +1,1 @@
+"""PIRL pretraining: `fit.train`, the run folder, writing the encoder, checkpoints, strategies."""
