@@ -1,354 +1,402 @@
-"""The study (experiments A-D): halving with injected scores, intervals and verdicts against a
-SciPy-free reference, and a tiny real study: report, figures, CSV, a failed cell recorded, the
-plan's estimate against the run's time, and a rerun that trains nothing new."""
+"""The study: its statistics against SciPy and hand-computed references, the stages, the
+selection rules, the seed allocation, the plan and the report on injected scores (no
+training), and one real run end to end."""
 
-import csv
-import dataclasses
 import math
 import os
-import time
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
-from absl import flags
+from scipy import stats as scipy_stats
 
-from mobile_pirl_tf import study, study_report
-from mobile_pirl_tf.training import fit as training
+from mobile_pirl_tf.study import plan, stats
+from mobile_pirl_tf.study.cells import Cell, CellBusy, CellRunner, Run
+from mobile_pirl_tf.study.config import StudyConfig
+from mobile_pirl_tf.study.costs import Budget, Costs
+from mobile_pirl_tf.study.footprint import phone_latency
+from mobile_pirl_tf.study.report import Report
+from mobile_pirl_tf.study.stages import Study, screen_cells, screen_triples
+from mobile_pirl_tf.study.trials import TrialLog
 
-T_975_DF2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom
-
-
-def test_rungs_and_halving_rule():
-    assert study.rungs(1, 9, 3) == [1, 3, 9]
-    assert study.rungs(1, 4, 3) == [1, 3, 4]
-    assert study.rungs(2, 2, 3) == [2]
-    scores = {"a": 0.1, "b": 0.5, "c": 0.3, "d": 0.4, "e": 0.2}
-    assert study.keep_best(scores, 3) == ["b", "d"]
-    assert study.keep_best(scores, 2) == ["b", "d", "c"]
-    assert study.keep_best({"a": 0.1}, 3) == ["a"]
-    assert study.keep_best(scores, 3, minimum=3) == ["b", "d", "c"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_triples_extend_the_best_pairs_with_the_best_singles():
+# --- statistics ------------------------------------------------------------------------------
+
+def test_paired_comparison_matches_scipy():
+    rng = np.random.default_rng(0)
+    a = {s: 0.45 + 0.01 * rng.normal() for s in range(1, 7)}
+    b = {s: a[s] - 0.012 + 0.006 * rng.normal() for s in range(1, 6)}  # one seed fewer
+    c = stats.compare("a", a, "b", b, margin=0.02)
+    seeds = sorted(set(a) & set(b))
+    x, y = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
+    assert c.seeds == seeds and c.n == 5
+    assert c.difference == pytest.approx(np.mean(x - y))
+    assert c.p == pytest.approx(scipy_stats.ttest_rel(x, y).pvalue)
+    ci = scipy_stats.ttest_rel(x, y).confidence_interval(0.95)
+    assert (c.low, c.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    # TOST: the larger of the two one-sided tests against -M and +M.
+    d = x - y
+    p_low = scipy_stats.ttest_1samp(d, -0.02, alternative="greater").pvalue
+    p_high = scipy_stats.ttest_1samp(d, 0.02, alternative="less").pvalue
+    assert c.p_equivalent == pytest.approx(max(p_low, p_high))
+
+
+def test_holm_matches_a_hand_computed_example():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 -> max(0.06, 0.04)
+    assert stats.holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06,
+                                                                          0.02])
+    assert stats.holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # 2 x 0.5 caps at 1
+
+
+def test_verdicts_name_a_winner_an_equivalence_or_say_inconclusive():
+    seeds = range(1, 7)
+    base = {s: 0.40 + 0.01 * (s % 3) for s in seeds}
+    wins = stats.holm([stats.compare("x", {s: base[s] + 0.03 + 0.002 * (s % 2) for s in seeds},
+                                     "y", base, 0.02)])[0]
+    assert wins.kind == "winner" and wins.verdict().startswith("x beats y by 3.")
+    same = stats.holm([stats.compare("x", {s: base[s] + 0.001 * (-1) ** s for s in seeds},
+                                     "y", base, 0.02)])[0]
+    assert same.kind == "equivalent" and "equivalent within +-2" in same.verdict()
+    noisy = stats.holm([stats.compare("x", {s: base[s] + 0.04 * (-1) ** s for s in seeds},
+                                      "y", base, 0.02)])[0]
+    assert noisy.kind == "inconclusive" and noisy.verdict().startswith("inconclusive: ")
+    one = stats.holm([stats.compare("x", {1: 0.5}, "y", {1: 0.4}, 0.02)])[0]
+    assert one.kind == "inconclusive" and "no interval" in one.verdict()
+    for c in (wins, same, noisy, one):
+        assert "tied" not in c.verdict()
+
+
+def test_holm_turns_a_lone_winner_into_an_inconclusive_member_of_a_family():
+    seeds = range(1, 5)
+    base = {s: 0.4 + 0.01 * s for s in seeds}
+    lone = stats.compare("x", {s: base[s] + 0.012 + 0.004 * (-1) ** s for s in seeds}, "y",
+                         base, 0.02)
+    assert 0.01 < lone.p < 0.05
+    others = [stats.compare(f"z{i}", {s: base[s] + 0.03 * (-1) ** (s + i) for s in seeds}, "y",
+                            base, 0.02) for i in range(3)]
+    family = stats.holm([lone] + others)
+    assert family[0].p_holm > lone.p and family[0].p_holm == pytest.approx(min(1, 4 * lone.p))
+
+
+def test_detectable_difference_has_the_stated_power():
+    sd, n, alpha = 0.012, 5, 0.05
+    mdd = stats.detectable_difference(sd, n, alpha)
+    df, critical = n - 1, scipy_stats.t.ppf(1 - alpha / 2, n - 1)
+    power = scipy_stats.nct.sf(critical, df, mdd / (sd / math.sqrt(n)))
+    assert 0.75 < power < 0.85
+    assert math.isnan(stats.detectable_difference(sd, 1))
+
+
+def test_arm_summary_and_kendall_tau():
+    s = stats.summarize([0.40, 0.43, 0.46])
+    half = scipy_stats.t.ppf(0.975, 2) * np.std([0.40, 0.43, 0.46], ddof=1) / math.sqrt(3)
+    assert (s.n, s.mean, s.half) == (3, pytest.approx(0.43), pytest.approx(half))
+    assert stats.summarize([0.5]).n == 1 and math.isnan(stats.summarize([0.5]).sd)
+    assert stats.kendall_tau([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(2 / 3)
+    assert math.isnan(stats.kendall_tau([1, 2], [2, 1]))
+
+
+def test_screen_cells_and_triples():
+    assert screen_cells(["a", "b", "c"]) == ["a", "b", "c", "a+b", "a+c", "b+c"]
     names = ["jigsaw", "rotation", "crop", "color"]
     singles = {"jigsaw": 0.4, "rotation": 0.3, "crop": 0.5, "color": 0.1}
     pairs = {"jigsaw+crop": 0.6, "rotation+color": 0.2, "crop+color": 0.55, "jigsaw+rotation": 0}
-    assert study.stage_b_triples(singles, pairs, names) == [
+    assert screen_triples(singles, pairs, names) == [
         "jigsaw+rotation+crop", "jigsaw+crop+color", "rotation+crop+color"]
-    assert study.stage_b_cells(["a", "b", "c"]) == ["a", "b", "c", "a+b", "a+c", "b+c"]
 
 
-def test_interval_matches_the_t_reference():
-    runs = [{"m": 0.40}, {"m": 0.43}, {"m": 0.46}]
-    s = study_report.summary(runs, "m")
-    values = np.array([0.40, 0.43, 0.46])
-    half = T_975_DF2 * values.std(ddof=1) / math.sqrt(3)
-    assert s["n"] == 3 and s["mean"] == pytest.approx(0.43)
-    assert s["half"] == pytest.approx(half)
-    assert (s["low"], s["high"]) == (pytest.approx(0.43 - half), pytest.approx(0.43 + half))
-    one = study_report.summary([{"m": 0.5}], "m")
-    assert one["n"] == 1 and math.isnan(one["half"])
+# --- the stages on injected scores -----------------------------------------------------------
 
+class FakeRunner(CellRunner):
+    """The real runner's records, with scores injected instead of training: a cell's mean
+    (`means`, default 0.30) plus a seed effect shared by every cell (the pairing) and a small
+    per-run noise."""
 
-def test_verdict_names_a_winner_only_when_intervals_separate():
-    far = [("a", [{"linear_top1": v} for v in (0.60, 0.61, 0.62)]),
-           ("b", [{"linear_top1": v} for v in (0.50, 0.51, 0.52)])]
-    assert study_report.verdict(far) == ("winner", ["a"])
-    close = [("a", [{"linear_top1": v} for v in (0.50, 0.56, 0.62)]),
-             ("b", [{"linear_top1": v} for v in (0.50, 0.53, 0.55)]),
-             ("c", [{"linear_top1": v} for v in (0.20, 0.21, 0.22)])]
-    assert study_report.verdict(close) == ("tied", ["a", "b"])
-    assert study_report.verdict(far[:1]) == ("only", ["a"])
+    def __init__(self, output_dir, means, noise=0.004, busy=()):
+        from mobile_pirl_tf.data.labelled import LabelledSplit
 
+        split = LabelledSplit("fake", ["x"] * 10, np.arange(10) % 2, ["a", "b"])
+        super().__init__(None, str(output_dir), str(output_dir / "runs"), (split, split),
+                         log=lambda *_: None)
+        self.means, self.noise, self.busy = means, noise, set(busy)
+        self.trained = []
 
-def test_pareto_front():
-    points = [(1.0, 0.5), (2.0, 0.6), (1.5, 0.4), (3.0, 0.6), (0.5, 0.3)]
-    assert study_report.pareto_front(points) == [4, 0, 1]
+    def score(self, run):
+        if run.key in self.busy:
+            self.busy.discard(run.key)
+            raise CellBusy(f"{run.key} is in use")
+        self.trained.append(run)
+        rng = np.random.default_rng(zlib.crc32(run.key.encode()))
+        seed_effect = 0.01 * math.sin(run.seed * 1.7)
+        mean = self.means.get(run.cell.label, self.means.get(run.cell.transforms, 0.30))
+        value = mean * (run.epochs / 4) ** 0.2 + seed_effect + self.noise * rng.normal()
+        return {"linear_top1": value, "knn_top1": value - 0.02, "linear_top5": None,
+                "final_loss": 8.0}
 
-
-class FakeRunner:
-    """Injected kNN scores per cell (growing with epochs), no training."""
-
-    def __init__(self, score):
-        self.score, self.done = score, {}
-
-    def scores(self, cell):
-        return self.done.get(cell.key, {})
-
-    def run(self, cell, epochs, linear=False):
-        result = {"knn_top1": self.score[cell.transforms] + epochs / 100, "seconds": 1.0}
-        if linear:
-            result["linear_top1"] = result["knn_top1"] + 0.01 * cell.seed
-        self.done.setdefault(cell.key, {})[epochs] = result
-        return result
+    def score_baseline(self, backbone, seed=0):
+        return {"linear_top1": 0.15, "knn_top1": 0.14}
 
 
 class FakeCosts:
-    def train_seconds(self, cell, start, end):
-        return 1.0
+    steps_per_epoch = 10
 
-    def probe_seconds(self, cell, linear=False):
-        return 0.0
+    def run_seconds(self, cell, epochs):
+        return 60.0 * epochs * (2 if cell.kind == "patches" else 1)
 
+    def probe_seconds(self, backbone):
+        return 10.0
 
-class Flags:
-    min_epochs, max_epochs, eta, finalists, seeds = 1, 9, 3, 2, 3
-
-
-def test_halving_keeps_the_best_cells_and_records_them_in_optuna(tmp_path):
-    from optuna.trial import TrialState
-
-    names = ["rotation", "crop", "cutout", "color", "sobel", "noise", "blur", "flip", "jigsaw"]
-    score = dict(zip(names, [0.30, 0.10, 0.50, 0.20, 0.45, 0.05, 0.40, 0.15, 0.35]))
-    cells = [study.Cell("b", name) for name in names]
-    runner = FakeRunner(score)
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    stage = study.Stage("X", cells, runner, FakeCosts(), study.Budget(0), Flags, storage,
-                        log=lambda *_: None)
-    results = stage.run()
-    # 9 cells -> 3 at 3 epochs (the best three at 1 epoch) -> 2 at 9 epochs (--finalists).
-    assert sorted(stage.rung_scores[3]) == sorted(f"b/{t}/seed0" for t in ("cutout", "sobel",
-                                                                          "blur"))
-    assert list(stage.rung_scores[9]) == ["b/cutout/seed0", "b/sobel/seed0"]
-    assert [r["cell"].transforms for r in results] == ["cutout", "sobel"]
-    assert [len(r["runs"]) for r in results] == [3, 3]  # the finalists under 3 seeds
-    import optuna
-
-    (name,) = optuna.get_all_study_names(storage)
-    assert name.startswith("stage-X-")  # named after its candidates
-    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
-    states = {t.params["cell"]: t.state for t in trials}
-    assert states["b/cutout/seed0"] == states["b/sobel/seed0"] == TrialState.COMPLETE
-    assert sum(s == TrialState.PRUNED for s in states.values()) == 7
-    reported = {t.params["cell"]: sorted(t.intermediate_values) for t in trials}
-    assert reported["b/blur/seed0"] == [1, 3] and reported["b/flip/seed0"] == [1]
-    assert reported["b/sobel/seed0"] == [1, 3, 9]
+    def measured(self, backbone):
+        return True
 
 
-@pytest.mark.slow
-def test_tiny_study_reports_records_failures_and_reruns_without_training(
-        tmp_path, image_folder, labelled_folder, monkeypatch):
-    if "backbones" not in flags.FLAGS:
-        study.define_flags()
-    out = str(tmp_path / "study")
-    argv = ["study", f"--data_dir={image_folder}", f"--eval_data_dir={labelled_folder}",
-            "--image_size=32", "--batch_size=4", "--steps_per_epoch=2", "--num_negatives=4",
-            "--embedding_dim=8", "--bn_recalibration_images=16",
-            "--backbones=mobilenetv3small,mnasnet_a1", "--transforms=rotation,jigsaw",
-            "--seeds=2", "--finalists=1", "--top_k=1", "--min_epochs=1", "--max_epochs=1",
-            f"--output_dir={out}"]
-    flags.FLAGS(argv + ["--dry_run"])
-    f = flags.FLAGS
-    base = study.cli.config_from_flags(study.config.TrainConfig, transforms="jigsaw",
-                                       model_dir="", backbone="mobilenetv3small").validate()
-    logs = []
-    planned = study.run_study(f, base, log=logs.append)["plan_seconds"]
-    assert any(line.startswith("plan (") for line in logs)
-    assert not os.path.exists(os.path.join(out, "REPORT.md"))
-
-    real_train, calls = training.train, []
-
-    def flaky_train(config, *args, **kwargs):
-        calls.append(f"{config.backbone}/{config.transforms}/seed{config.seed}")
-        if config.backbone == "mnasnet_a1" and config.transforms == "rotation":
-            raise RuntimeError("simulated crash")
-        return real_train(config, *args, **kwargs)
-
-    monkeypatch.setattr(training, "train", flaky_train)
-    flags.FLAGS(argv + ["--nodry_run"])
-    started = time.time()
-    state = study.run_study(f, base, log=logs.append)
-    took = time.time() - started
-    total = sum(planned.values())
-    assert total / 2 <= took <= 2 * total, (planned, took)
-
-    with open(os.path.join(out, "REPORT.md")) as fh:
-        report = fh.read()
-    for title in ("## Stage A", "## Stage B", "## Stage C", "## Stage D"):
-        assert title in report
-    for png in ("heatmap.png", "pareto.png"):
-        with open(os.path.join(out, png), "rb") as fh:
-            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
-    with open(os.path.join(out, "results.csv")) as fh:
-        rows = list(csv.DictReader(fh))
-    assert {r["stage"] for r in rows} >= {"A", "B", "C"}
-    assert all(0 <= float(r["knn_top1"]) <= 1 for r in rows)
-    assert any(r["role"] == "finalist" and r["linear_top1"] for r in rows)
-    failed = [k for s in state["stages"].values() for k in s.get("failed", {})]
-    if "mnasnet_a1/rotation/seed0" in calls:  # stage C ran it (rotation was a top combination)
-        assert failed == ["mnasnet_a1/rotation/seed0"]
-        assert calls.count("mnasnet_a1/rotation/seed0") == 2  # retried once
-        assert "failed: RuntimeError: simulated crash" in report
-
-    # A rerun reads every finished score back: only a failed cell is tried again.
-    calls.clear()
-    study.run_study(f, base, log=logs.append)
-    assert set(calls) <= {"mnasnet_a1/rotation/seed0"}
+def study_config(tmp_path, **overrides):
+    fields = dict(backbones=("mobilenetv3small", "mobilenetv2", "mnasnet_a1"),
+                  transforms=("jigsaw", "crop", "color", "rotation"), reference_backbone="",
+                  epochs=4, pilot_epochs=2, pilot_cells=4, seeds=3, max_seeds=5, confirm=2,
+                  triples=1, eval_data_dir="unused", output_dir=str(tmp_path))
+    return StudyConfig(**{**fields, **overrides}).validate()
 
 
-def test_a_cell_another_worker_holds_is_left_for_last_then_read_back(tmp_path, monkeypatch):
-    names = ["rotation", "crop", "color"]
-    runner = FakeRunner(dict(zip(names, [0.3, 0.2, 0.1])))
-    real_run, order = runner.run, []
+MEANS = {"mobilenetv3small/jigsaw": 0.36, "mobilenetv2/jigsaw": 0.30,
+         "mnasnet_a1/jigsaw": 0.299, "crop+color": 0.45, "crop": 0.40, "color": 0.37,
+         "jigsaw+crop": 0.43, "crop+color+jigsaw": 0.30}
 
-    def shared_run(cell, epochs, linear=False):
-        if cell.transforms == "rotation" and not order.count("rotation"):
-            order.append("rotation")
-            raise study.CellBusy("in use by train.py process 1 on elsewhere")
-        order.append(cell.transforms)
-        return real_run(cell, epochs, linear)
 
-    runner.run = shared_run
-    monkeypatch.setattr(study, "BUSY_POLL_SECONDS", 0.0)
+def injected_study(tmp_path, means=MEANS, hours=0, **overrides):
+    runner = FakeRunner(tmp_path, means)
+    study = Study(study_config(tmp_path, **overrides), runner, FakeCosts(), Budget(hours),
+                  footprint=lambda b: {"params": 1e6, "macs": 5e6, "float32_bytes": 4e6,
+                                       "int8_bytes": 1e6, "float32_ms": 1.0, "int8_ms": 0.8},
+                  log=lambda *_: None)
+    return study, runner
 
-    class OneRung(Flags):
-        min_epochs = max_epochs = 1
-        finalists, seeds = 1, 1
 
-    stage = study.Stage("Y", [study.Cell("b", n) for n in names], runner, FakeCosts(),
-                        study.Budget(0), OneRung, f"sqlite:///{tmp_path / 's.db'}",
-                        log=lambda *_: None)
-    results = stage.run()
-    assert order[:4] == ["rotation", "crop", "color", "rotation"]  # busy one retried last
-    assert [r["cell"].transforms for r in results] == ["rotation"]
+def test_stages_select_confirm_and_compare_on_paired_seeds(tmp_path):
+    study, runner = injected_study(tmp_path)
+    state = study.run()
+    assert state.stopped is None
+    assert state.study_backbone == "mobilenetv3small"  # A's best mean
+    assert state.screen[:10] == screen_cells(["jigsaw", "crop", "color", "rotation"])
+    assert len(state.screen) > 10  # triples screened after the pairs
+    assert state.confirmed_b[:2] == ["crop+color", "jigsaw+crop"]
+    assert "jigsaw" in state.confirmed_b  # the paper's pretext is always confirmed
+    assert state.top_transforms == ["crop+color"]
+    # The screen is seed 0 at the full length; the pilot reruns the first cells at half.
+    screened = {r.cell.transforms for r in runner.trained if r.seed == 0 and r.epochs == 4}
+    assert screened == set(state.screen)
+    assert {r.cell.transforms for r in runner.trained if r.epochs == 2} == set(state.screen[:4])
+    # C: the other backbones with the best combination, paired with their jigsaw arm.
+    c = study.comparisons("C")
+    assert [(x.a, x.b) for x in c] == [("mobilenetv2/crop+color", "mobilenetv2/jigsaw"),
+                                       ("mnasnet_a1/crop+color", "mnasnet_a1/jigsaw")]
+    for stage in ("A", "B", "C"):
+        for comparison in study.comparisons(stage):
+            assert comparison.n >= 3 and "tied" not in comparison.verdict()
+
+
+def test_a_seed_that_selected_a_cell_never_scores_it(tmp_path):
+    study, runner = injected_study(tmp_path)
+    study.run()
+    for stage in ("A", "B", "C"):
+        for cell in study.arms(stage):
+            assert 0 not in study.arm_scores(cell), cell
+        for comparison in study.comparisons(stage):
+            assert 0 not in comparison.seeds
+    assert all(r.seed >= 1 for r in runner.trained if r.cell.transforms in
+               study.state.confirmed_b and r.epochs == 4 and r.seed != 0)
+
+
+def test_seeds_are_added_only_to_inconclusive_comparisons_up_to_max_seeds(tmp_path):
+    # A's best is far ahead (decided at 3 seeds); B's two best are 0.6 points apart with a noise
+    # that 3 seeds cannot resolve.
+    means = {**MEANS, "mobilenetv3small/jigsaw": 0.40, "crop+color": 0.45, "crop": 0.44}
+    study, runner = injected_study(tmp_path, means, confirm=2)
+    runner.noise = 0.006
+    study.run()
+    a = study.comparisons("A")
+    assert all(x.decided for x in a) and all(x.n == 3 for x in a)  # no seed spent on A
+    b_top = study.comparisons("B")[0]
+    assert b_top.n > 3 and b_top.n <= 5
+    extra = [r for r in runner.trained if r.seed > 3]
+    assert extra and all(r.cell.backbone == "mobilenetv3small" or
+                         r.cell.transforms == "crop+color" for r in extra)
+    for stage in ("A", "B", "C"):
+        for x in study.comparisons(stage):
+            assert x.decided or x.n == 5  # nothing inconclusive is left below max_seeds
+
+
+def test_a_rerun_reads_every_run_back_and_trains_nothing(tmp_path):
+    study, runner = injected_study(tmp_path)
+    study.run()
+    again, runner2 = injected_study(tmp_path)
+    again.run()
+    assert runner.trained and not runner2.trained
+    assert [x.verdict() for x in again.comparisons("B")] == [
+        x.verdict() for x in study.comparisons("B")]
+
+
+def test_the_budget_stops_the_study_with_a_partial_report(tmp_path):
+    study, _ = injected_study(tmp_path)
+    study.costs.run_seconds = lambda cell, epochs: 10 ** 6  # no run fits
+    study.budget = Budget(1)
+    state = study.run()
+    assert state.stopped and "would run past the budget" in state.stopped
+    text = Report(study, study_base(), "cmd", 1.0, {}, 100).text()
+    assert "**Partial report**" in text
+
+
+def test_a_run_another_worker_holds_is_left_for_last_then_read_back(tmp_path):
+    study, runner = injected_study(tmp_path)
+    busy = "mobilenetv3small/jigsaw/seed1/4ep"
+    runner.busy = {busy}
+    order = []
+    original = runner.score
+
+    def score(run):
+        order.append(run.key)
+        return original(run)
+    runner.score = score
+    study.stage_a()
+    assert order[0] == busy and order[-1] == busy  # tried first, then finished last
+
+
+def test_a_damaged_record_is_set_aside_and_the_run_redone(tmp_path):
+    study, runner = injected_study(tmp_path)
+    study.stage_a()
+    run = Run(Cell("mobilenetv2", "jigsaw"), 2, 4)
+    path = runner.record_path(run)
+    with open(path, "w") as f:
+        f.write('{"linear_top1": 0.3')  # truncated
+    runner.trained.clear()
+    study.stage_a()
+    assert runner.trained == [run]
+    assert os.path.exists(path + ".damaged") and runner.record(run)["linear_top1"] > 0
+
+
+def study_base():
+    from mobile_pirl_tf.core.config import TrainConfig
+
+    return TrainConfig(image_size=32, batch_size=8, data_dir="unused")
+
+
+def test_report_has_every_section_and_the_csv_every_run(tmp_path):
+    study, runner = injected_study(tmp_path, long_epochs=8)
+    study.run()
+    report = Report(study, study_base(), "python -m mobile_pirl_tf.study ...", 60.0,
+                    plan.plan(study), 9469)
+    report.write(log=lambda *_: None)
+    text = open(tmp_path / "REPORT.md").read()
+    for heading in ("## Answers", "## How long each run trains", "## Stage A", "## Stage B",
+                    "## Stage C", "## Stage D", "## What this run can and cannot say",
+                    "## Time", "Rank check, the first screen cells", "Kendall tau",
+                    "Rank check, stage B's confirmed arms", "least significant difference"):
+        assert heading in text, heading
+    assert "tied" not in text.lower()
+    for name in ("heatmap.png", "pareto.png", "results.csv"):
+        assert os.path.getsize(tmp_path / name) > 0
+    with open(tmp_path / "results.csv") as f:
+        rows = f.read().splitlines()
+    assert len(rows) - 1 == len(report.records())
+    assert {"screen", "pilot", "confirm", "long"} <= {r.split(",")[4] for r in rows[1:]}
+
+
+def test_plan_costs_what_is_left_and_says_what_the_seeds_buy(tmp_path):
+    study, runner = injected_study(tmp_path, hours=10)
+    plans = plan.plan(study)
+    assert plans["A"].runs == 9 and plans["A"].expected == pytest.approx(9 * 480.0)
+    assert plans["B"].upper >= plans["B"].expected
+    lines = plan.describe(study, plans)
+    assert any("what the seeds buy" in line for line in lines)
+    assert any("more seeds" in line for line in lines)
+    study.stage_a()
+    assert plan.plan(study)["A"].runs == 0
+
+
+def test_costs_fall_back_to_defaults_scaled_by_size_and_batch(tmp_path):
+    base = study_base()
+    costs = Costs(str(tmp_path / "costs.json"), base, steps_per_epoch=10, eval_images=100)
+    small = costs.of("mobilenetv3small")
+    assert not small.measured and small.step_patches > small.step_image
+    assert costs.run_seconds(Cell("mobilenetv2", "jigsaw"), 4) > costs.run_seconds(
+        Cell("mobilenetv3small", "jigsaw"), 4) > costs.run_seconds(
+        Cell("mobilenetv3small", "crop"), 4)
+
+
+def test_runs_are_recorded_as_optuna_trials(tmp_path):
+    study, runner = injected_study(tmp_path)
+    trials = TrialLog(f"sqlite:///{tmp_path / 'study.db'}")
+    study.on_record = trials.record
+    study.stage_a()
+    got = trials.study.get_trials()
+    assert len(got) == 9 and {t.user_attrs["stage"] for t in got} == {"A"}
+    again = TrialLog(f"sqlite:///{tmp_path / 'study.db'}")
+    again.sync(Report(study, study_base(), "", 0, {}, 1).records())
+    assert len(again.study.get_trials()) == 9  # nothing added twice
+    elsewhere = TrialLog(f"sqlite:///{tmp_path / 'new.db'}")  # another machine's storage
+    elsewhere.sync(Report(study, study_base(), "", 0, {}, 1).records())
+    assert len(elsewhere.study.get_trials()) == 9  # rebuilt from the records
 
 
 def test_phone_latency_is_read_from_benchmark_phone_results(tmp_path):
-    import json
-
-    export = tmp_path / "run" / "export"
-    export.mkdir(parents=True)
-    (export / "report.json").write_text(json.dumps({"backbone": "mobilenetv2"}))
-    result = tmp_path / "int8.Pixel_7.json"
-    result.write_text(json.dumps({"model": str(export / "int8.tflite"),
-                                  "inference_avg_ms": 3.25}))
-    assert study.phone_latency([str(result)]) == {("mobilenetv2", "int8"): 3.25}
-    (export / "report.json").unlink()
-    with pytest.raises(study.UsageError, match="no report.json"):
-        study.phone_latency([str(result)])
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "report.json").write_text('{"backbone": "mobilenetv2"}')
+    result = tmp_path / "int8.pixel.json"
+    result.write_text(f'{{"model": "{export / "int8.tflite"}", "inference_avg_ms": 3.5}}')
+    assert phone_latency([str(result)]) == {("mobilenetv2", "int8"): 3.5}
 
 
-def test_a_stage_cut_by_the_budget_reports_the_seeds_it_finished(tmp_path):
-    names = ["rotation", "crop", "color"]
-    runner = FakeRunner(dict(zip(names, [0.3, 0.2, 0.1])))
+def test_config_refusals_are_one_line():
+    from mobile_pirl_tf.core.errors import UsageError
 
-    class Budgeted(study.Budget):
-        def check(self, estimate, what):  # room for the halving and two seeded runs
-            self.calls = getattr(self, "calls", 0) + 1
-            if self.calls > 3 + 2:
-                raise study.OutOfBudget(what)
-
-    class OneRung(Flags):
-        min_epochs = max_epochs = 1
-        finalists, seeds = 2, 3
-
-    state = {"stages": {}}
-    with pytest.raises(study.OutOfBudget):
-        study._stage("Z", [study.Cell("b", n) for n in names], OneRung, runner, FakeCosts(),
-                     Budgeted(0), f"sqlite:///{tmp_path / 's.db'}", state, lambda *_: None)
-    finalists = state["stages"]["Z"]["finalists"]
-    assert [f["cell"].transforms for f in finalists] == ["rotation", "crop"]
-    assert [len(f["runs"]) for f in finalists] == [2, 0]  # the first's seeds 0 and 1 fitted
+    for bad, message in ((dict(transforms=()), "--transforms is empty"),
+                         (dict(transforms=("crop+color",)), "is a composition"),
+                         (dict(seeds=1), "--seeds must be at least 2"),
+                         (dict(pilot_epochs=6), "--pilot_epochs")):
+        with pytest.raises(UsageError, match=message):
+            StudyConfig(**{"eval_data_dir": "x", **bad}).validate()
 
 
-def test_calibration_trains_once_per_backbone_and_times_each_kinds_step(tmp_path, monkeypatch):
-    trained, stepped = [], []
-
-    def call_costs(base, cell, scratch_dir, step_s):
-        trained.append(cell.key)
-        return {"setup_s": 30.0 - 2 * step_s, "probe_setup_s": 2.0, "image_s": 0.001}
-
-    def step_seconds(base, cell):
-        stepped.append(cell.kind)
-        return {"patches": 0.5, "image": 0.25}[cell.kind]
-
-    monkeypatch.setattr(study, "measure_call_costs", call_costs)
-    monkeypatch.setattr(study, "measure_step_seconds", step_seconds)
-    monkeypatch.setattr(study, "two_step_train", lambda *a: trained.append("warm-up"))
-    base = training.TrainConfig(image_size=32, batch_size=4)
-    costs = study.Costs(str(tmp_path / "costs.json"), base, 10, 100)
-    for backbone in ("a", "b"):
-        for kind in ("image", "patches"):
-            costs.measure(backbone, kind, str(tmp_path), log=lambda *_: None)
-    assert trained == ["warm-up", "a/rotation/seed0", "b/rotation/seed0"]
-    assert stepped == ["image", "patches"] * 2
-    image, patches = (costs.table[f"a/{k}/32px/batch4"] for k in ("image", "patches"))
-    assert image["setup_s"] == patches["setup_s"] == 29.5 and patches["step_s"] == 0.5
-    # Read back, not measured again.
-    again = study.Costs(str(tmp_path / "costs.json"), base, 10, 100)
-    assert again.measure("a", "patches", str(tmp_path), log=lambda *_: None) == patches
-    assert len(trained) == 3 and len(stepped) == 4
+def test_dry_run_prints_the_plan_at_once_without_training(tmp_path, image_folder,
+                                                          labelled_folder):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobile_pirl_tf.study", f"--data_dir={image_folder}",
+         f"--eval_data_dir={labelled_folder}", "--image_size=32", "--batch_size=8",
+         "--backbones=mobilenetv3small,mnasnet_b1", "--transforms=rotation,crop",
+         f"--output_dir={tmp_path}", "--dry_run"], cwd=REPO, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "DEFAULT costs" in proc.stdout and "would measure 2 backbone(s)" in proc.stdout
+    assert "what the seeds buy" in proc.stdout
+    assert not os.path.exists(tmp_path / "records")  # nothing trained
+    empty = subprocess.run([sys.executable, "-m", "mobile_pirl_tf.study", "--transforms=",
+                            f"--eval_data_dir={labelled_folder}"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2
+    assert empty.stderr.strip().splitlines()[-1].startswith("error: --transforms is empty")
 
 
-def test_plan_costs_the_expected_survivors_and_the_dearest_until_scores_decide():
-    class RateCosts(FakeCosts):
-        def train_seconds(self, cell, start, end):
-            return (end - start) * (10.0 if cell.backbone == "dear" else 1.0)
+@pytest.mark.slow
+def test_one_real_run_is_trained_scored_recorded_and_read_back(tmp_path, image_folder,
+                                                               labelled_folder, tiny_config):
+    from mobile_pirl_tf.data import labelled
 
-    class OneFinalist(Flags):
-        finalists, seeds = 1, 2
-
-    cells = [study.Cell(b, "jigsaw") for b in ("cheap", "other", "dear")]
-    runner = FakeRunner({"jigsaw": 0.0})
-    stage = study.Stage("P", cells, runner, RateCosts(), study.Budget(0), OneFinalist, None)
-    # Rung 1: all three (1 + 1 + 10); rungs 3 and 9 and the second seed's 9 epochs: one cell,
-    # each a third likely (mean rate 4) or the dear one (rate 10).
-    assert stage.planned_seconds() == pytest.approx(12 + 4 * (2 + 6 + 9))
-    assert stage.planned_seconds(dearest=True) == pytest.approx(12 + 10 * (2 + 6 + 9))
-    # Once rung 1 is scored, its best cell is the one costed, whichever way.
-    runner.done = {"cheap/jigsaw/seed0": {1: {"knn_top1": 0.2}},
-                   "other/jigsaw/seed0": {1: {"knn_top1": 0.3}},
-                   "dear/jigsaw/seed0": {1: {"knn_top1": 0.1}}}
-    assert stage.planned_seconds() == stage.planned_seconds(dearest=True) == pytest.approx(17)
-
-
-def test_stages_and_report_from_injected_scores(tmp_path, monkeypatch):
-    """A-D end to end without training: who goes on, what stage C trains, the report's four
-    sections with the plan against the time taken, the CSV and both figures."""
-    runner = FakeRunner({"jigsaw": 0.25})  # "small"'s cells; every cell of "big" scores 0.5
-    real_run = runner.run
-
-    def run(cell, epochs, linear=False):
-        if cell.backbone == "small":
-            return real_run(cell, epochs, linear)
-        result = {"knn_top1": 0.5 + epochs / 100, "seconds": 1.0}
-        if linear:
-            result["linear_top1"] = 0.5 + cell.seed / 100
-        runner.done.setdefault(cell.key, {})[epochs] = result
-        return result
-
-    runner.run = run
-    runner.output_dir = str(tmp_path)
-    cost = {"params": 1e6, "macs": 5e6, "float32_bytes": 4e6, "int8_bytes": 1e6,
-            "float32_ms": 1.0, "int8_ms": 0.5}
-    monkeypatch.setattr(study, "backbone_cost", lambda backbone, *a: {
-        **cost, "int8_ms": 2.0 if backbone == "big" else 0.5})
-    monkeypatch.setattr(study, "baselines", lambda *a, **k: {"random": 0.1})
-
-    class F(Flags):
-        backbones, transforms = ["small", "big"], ["jigsaw", "rotation", "crop", "color"]
-        study_backbone, top_k, phone_results, output_dir = None, 1, (), str(tmp_path)
-        min_epochs, max_epochs, eta, finalists, seeds = 1, 3, 3, 2, 2
-
-    base = training.TrainConfig(image_size=32)
-    state = {"flags": {k: getattr(F, k, 0) for k in study.FLAG_NAMES}, "machine": "test",
-             "base": dataclasses.asdict(base), "stages": {}, "stopped": None,
-             "plan_seconds": {"A": 60, "B": 120, "C": 60, "D": 0},
-             "plan_seconds_dearest": {"A": 90, "B": 150, "C": 90, "D": 0},
-             "splits": {"train": 10, "test": 5}, "steps_per_epoch": 2, "wall_seconds": 300}
-    study._run_stages(F, base, runner, FakeCosts(), study.Budget(0),
-                      f"sqlite:///{tmp_path / 's.db'}", state, None, lambda *_: None)
-    assert state["study_backbone"] == "big"  # A's winner goes on to B
-    assert state["top_transforms"] == ["jigsaw"]  # every B cell of "big" scores alike
-    assert state["stages"]["C"]["cells"] == ["small/jigsaw/seed0", "big/jigsaw/seed0"]
-    assert {row["cell"].backbone for row in state["stages"]["D"]["rows"]} == {"small", "big"}
-    study_report.write(str(tmp_path), state, runner, log=lambda *_: None)
-    report = (tmp_path / "REPORT.md").read_text()
-    for title in ("## Stage A", "## Stage B", "## Stage C", "## Stage D"):
-        assert title in report
-    assert "planned time of the stage 1 min (up to 2 min if the dearest cells go on)" in report
-    with open(tmp_path / "results.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert {r["stage"] for r in rows} == {"A", "B", "B3", "C"}
-    for png in ("heatmap.png", "pareto.png"):
-        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runner = CellRunner(tiny_config(data_dir=image_folder), str(tmp_path),
+                        str(tmp_path / "runs"), labelled.folder_splits(labelled_folder),
+                        log=lambda *_: None)
+    run = Run(Cell("mobilenetv3small", "rotation"), 1, 1)
+    record = runner.run(run)
+    assert 0 <= record["linear_top1"] <= 1 and 0 <= record["knn_top1"] <= 1
+    assert record["epochs"] == 1 and record["seed"] == 1 and record["machine"]
+    assert os.path.exists(runner.record_path(run))
+    assert os.path.exists(os.path.join(runner.run_dir(run), "encoder.keras"))
+    assert not os.path.exists(os.path.join(runner.run_dir(run), "checkpoints"))
+    runner.score = lambda run: pytest.fail("a recorded run is trained again")
+    assert runner.run(run) == record
+    baseline = runner.baseline("mobilenetv3small")
+    assert 0 <= baseline["linear_top1"] <= 1 and runner.record_baseline("mobilenetv3small")

@@ -122,7 +122,7 @@ class CellRunner:
         return self.record(run)
 
     def run(self, run):
-        """The run's record: read back, or trained and scored now.
+        """The run's record: read back, or trained and scored now (`score`).
 
         Returns:
           {"linear_top1", "linear_top5", "knn_top1", "final_loss", "train_seconds",
@@ -134,6 +134,21 @@ class CellRunner:
         done = self.record(run)
         if done is not None:
             return done
+        started = time.time()
+        result = self.score(run)
+        result.update(seconds=round(time.time() - started, 1), epochs=run.epochs, seed=run.seed,
+                      machine=machine(), host=socket.gethostname(),
+                      date=datetime.date.today().isoformat())
+        os.makedirs(os.path.dirname(self.record_path(run)), exist_ok=True)
+        write_json(self.record_path(run), result)
+        if not self.keep_checkpoints:
+            shutil.rmtree(os.path.join(self.run_dir(run), "checkpoints"), ignore_errors=True)
+        clear_session()
+        return result
+
+    def score(self, run):
+        """Trains the run (train.py's `fit.train`, resuming its folder) and probes its
+        encoder: {"linear_top1", "linear_top5", "knn_top1", "final_loss", ...}."""
         from mobile_pirl_tf.models import backbones
         from mobile_pirl_tf.training import fit, run_folder
 
@@ -150,17 +165,9 @@ class CellRunner:
         encoder, path = backbones.load_encoder(encoder_path=summary["encoder"])
         result = self._probe(encoder, path, run.seed, bn_images=0)
         result.update(final_loss=summary["final"].get("loss"),
+                      steps_per_epoch=summary["steps_per_epoch"],
                       train_seconds=round(trained - started, 1),
-                      probe_seconds=round(time.time() - trained, 1),
-                      seconds=round(time.time() - started, 1), epochs=run.epochs,
-                      seed=run.seed, steps_per_epoch=summary["steps_per_epoch"],
-                      machine=machine(), host=socket.gethostname(),
-                      date=datetime.date.today().isoformat())
-        os.makedirs(os.path.dirname(self.record_path(run)), exist_ok=True)
-        write_json(self.record_path(run), result)
-        if not self.keep_checkpoints:
-            shutil.rmtree(os.path.join(self.run_dir(run), "checkpoints"), ignore_errors=True)
-        clear_session()
+                      probe_seconds=round(time.time() - trained, 1))
         return result
 
     def _probe(self, encoder, path, seed, bn_images):
@@ -185,20 +192,25 @@ class CellRunner:
         return self._read(self.baseline_path(backbone))
 
     def baseline(self, backbone, seed=0):
-        """The record of the backbone with random weights (batch-norm statistics re-estimated
-        on 2,560 train images, as the probes' protocol does for it), scored like a run."""
+        """The record of the backbone with random weights (`score_baseline`), read back or
+        scored now."""
         path = self.baseline_path(backbone)
         done = self.record_baseline(backbone)
         if done is not None:
             return done
-        from mobile_pirl_tf.evaluation import baselines, features
-
         started = time.time()
-        encoder = baselines.random_encoder(backbone, self.base.image_size, seed=seed)
-        result = self._probe(encoder, "", seed, bn_images=features.BN_RECALIBRATION_IMAGES)
+        result = self.score_baseline(backbone, seed)
         result.update(seconds=round(time.time() - started, 1), seed=seed, machine=machine(),
                       date=datetime.date.today().isoformat())
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_json(path, result)
         clear_session()
         return result
+
+    def score_baseline(self, backbone, seed=0):
+        """The probes of the backbone with random weights, batch-norm statistics re-estimated
+        on 2,560 train images (as the probes' protocol does for it)."""
+        from mobile_pirl_tf.evaluation import baselines, features
+
+        encoder = baselines.random_encoder(backbone, self.base.image_size, seed=seed)
+        return self._probe(encoder, "", seed, bn_images=features.BN_RECALIBRATION_IMAGES)

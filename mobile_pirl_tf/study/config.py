@@ -34,13 +34,13 @@ class StudyConfig:
                                            "--epochs).")
     transforms: Tuple[str, ...] = flag(DEFAULT_TRANSFORMS, "Transformations of stage B: every "
                                        "single one and every pair is screened.")
-    triples: int = flag(2, "Stage B also screens the N best pairs extended by each of the "
+    triples: int = flag(0, "Stage B also screens the N best pairs extended by each of the "
                         "three best singles (0: no triples).")
     study_backbone: Optional[str] = flag(None, "Backbone of stage B (default: stage A's best).")
-    epochs: int = flag(4, "Length of every scored run (screen and confirmation), each on its "
-                       "own completed cosine schedule; docs/study/REPORT.md measures why 4 "
+    epochs: int = flag(6, "Length of every scored run (screen and confirmation), each on its "
+                       "own completed cosine schedule; docs/study/README.md says why 6 "
                        "epochs at 64 px.")
-    pilot_epochs: int = flag(2, "Half length for the rank check: the --pilot_cells first "
+    pilot_epochs: int = flag(3, "Half length for the rank check: the --pilot_cells first "
                              "screen cells also run this long, and the ranks are compared "
                              "(Kendall tau; 0: no check).")
     pilot_cells: int = flag(5, "How many screen cells the rank check reruns at "
@@ -48,11 +48,11 @@ class StudyConfig:
     long_epochs: int = flag(0, "Longer length at which stage B's confirmed arms are rerun "
                             "(seed 1) once everything else is done and the budget allows, to "
                             "see whether their order holds (0: no check).")
-    confirm: int = flag(3, "Stage B: how many of the screen's best cells are confirmed (jigsaw, "
+    confirm: int = flag(2, "Stage B: how many of the screen's best cells are confirmed (jigsaw, "
                         "the paper's pretext, is always confirmed beside them).")
     seeds: int = flag(5, "Seeds of every confirmed arm (1..N; seed 0 screens and is never used "
                        "to score a selected cell).")
-    max_seeds: int = flag(10, "While budget remains, inconclusive comparisons get more seeds, "
+    max_seeds: int = flag(8, "While budget remains, inconclusive comparisons get more seeds, "
                           "up to this many.")
     top_k: int = flag(1, "Stage B's best combinations trained on every mobile backbone in C.")
     alpha: float = flag(0.05, "Family-wise error of each stage's comparisons (Holm).")

@@ -144,8 +144,10 @@ class Report:
                 lines.append(f"\nRank check at {extra} epochs ({what}): not run yet.")
                 continue
             tau = stats.kendall_tau([p[1] for p in pairs], [p[2] for p in pairs])
+            tau_text = (f"Kendall tau = {tau:.2f} over {len(pairs)} cells" if tau == tau else
+                        f"Kendall tau needs 3 cells, {len(pairs)} scored so far")
             lines += ["", f"Rank check, {what}: linear top-1 at {lo} and at {hi} epochs; "
-                      f"Kendall tau = {tau:.2f} over {len(pairs)} cells.", "",
+                      f"{tau_text}.", "",
                       f"| cell | {lo} epochs | {hi} epochs |", "|---|---|---|"]
             lines += [f"| {t} | {pct(x)} | {pct(y)} |" for t, x, y in pairs]
         return lines + [""]
@@ -220,7 +222,10 @@ class Report:
             "(D) accuracy against parameters, multiply-adds, size and latency.", "",
             f"Command: `{self.command}`", "",
             f"Runs: {len(records)} recorded, on {where}; {when}. This invocation: "
-            f"{self.wall / 3600:.2f} h of a budget of {c.budget_hours or 'no limit'} h.", "",
+            f"{self.wall / 3600:.2f} h"
+            + (f" of a budget of {c.budget_hours:g} h." if c.budget_hours else " (no budget).")
+            + " Compute of every recorded run: "
+            f"{sum(r.get('seconds', 0) for _, r in records) / 3600:.2f} h.", "",
             f"Protocol: {self.base.data_dir or self.base.dataset} without labels at "
             f"{self.base.image_size} px, batch {self.base.batch_size}, recipe "
             f"{self.base.recipe}; every scored run {c.epochs} epochs on its own schedule; "
