@@ -14,7 +14,6 @@ computed when missing (cheap); supervised when --supervised_epochs or --supervis
 given (or found there from an earlier run).
 """
 
-import json
 import logging
 import os
 
@@ -39,14 +38,16 @@ def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, cfg)
         spec.update(epochs=cfg.supervised_epochs, minutes=cfg.supervised_minutes,
                     batch_size=cfg.supervised_batch_size)
     path, spec_path = (os.path.join(output_dir, n) for n in ("encoder.keras", "baseline.json"))
-    if os.path.exists(spec_path):
-        with open(spec_path) as f:
-            stored = json.load(f)
-        if {k: stored.get(k) for k in spec} == spec and os.path.exists(path):
-            return keras.models.load_model(path), path
+    stored = records.read_json(spec_path, {})
+    # What was asked for decides reuse; what training did (epochs run in a time budget, ...)
+    # is kept apart under "trained" (older files mixed it in: their "epochs" was the count run).
+    asked = stored.get("asked", stored)
+    if {k: asked.get(k) for k in spec} == spec and os.path.exists(path):
+        return keras.models.load_model(path), path
     if os.path.exists(path):
-        raise UsageError(f"--output_dir={output_dir} already holds another encoder.keras; "
-                         "use a new --output_dir")
+        raise UsageError(f"--output_dir={output_dir} already holds another encoder.keras "
+                         f"(a {asked.get('baseline', '?')} baseline of other settings: "
+                         f"{spec_path}); use a new --output_dir or remove that folder")
     if kind == "random":
         encoder, info = baselines.random_encoder(backbone, image_size, width, cfg.seed), {}
     else:
@@ -58,9 +59,9 @@ def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, cfg)
             budget_seconds=cfg.supervised_minutes * 60 or None,
             batch_size=cfg.supervised_batch_size, width=width, seed=cfg.seed)
     os.makedirs(output_dir, exist_ok=True)
-    encoder.save(path)
-    with open(spec_path, "w") as f:
-        json.dump({**spec, **info}, f, indent=2)
+    with records.atomic_path(path) as tmp:
+        encoder.save(tmp)
+    records.write_json(spec_path, {"asked": spec, "trained": info})
     return encoder, path
 
 
@@ -102,15 +103,14 @@ def _finetune(path, size, train, test, output_dir, cfg):
         lambda: keras.models.load_model(path), finetune.scratch_builder(backbone, size, width,
                                                                         cfg.seed),
         train, test, fractions, cfg.seed)
-    supervised = os.path.join(output_dir, "baselines", "supervised", "eval_linear.json")
-    if os.path.exists(supervised):
-        with open(supervised) as f:
-            report["supervised_all_labels_linear_top1"] = json.load(f)["top1"]
+    supervised = records.read_json(os.path.join(output_dir, "baselines", "supervised",
+                                                "eval_linear.json"))
+    if supervised:
+        report["supervised_all_labels_linear_top1"] = supervised["top1"]
     report.update(encoder=os.path.abspath(path), backbone=backbone, image_size=size,
                   data=train.name.rsplit(":", 1)[0])
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "eval_finetune.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    records.write_json(os.path.join(output_dir, "eval_finetune.json"), report)
     print(finetune.format_table(report))
     return report
 

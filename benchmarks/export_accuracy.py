@@ -33,7 +33,6 @@ failed (with its cosine) and the run goes on with the next backbone. Latency at 
 not the point here (see benchmarks/export_targets.py at 224 px); it is timed with few runs.
 """
 
-import json
 import os
 
 import numpy as np
@@ -42,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags, logging  # noqa: E402
 
-from mobile_pirl_tf.core import cli, config  # noqa: E402
+from mobile_pirl_tf.core import cli, config, records  # noqa: E402
 
 RELU6 = ("mobilenetv2", "efficientnetlite0")  # networks whose activations are all ReLU6
 PTQ_POINTS, QAT_POINTS = 2.0, 1.0
@@ -100,12 +99,11 @@ def train_encoder(backbone, model_dir, train_split):
     # as the evaluation protocol does, so that what is quantized is a usable encoder.
     features.recalibrate(encoder, train_split, FLAGS.image_size)
     os.makedirs(model_dir, exist_ok=True)
-    encoder.save(path + ".tmp.keras")
-    os.replace(path + ".tmp.keras", path)
-    with open(os.path.join(model_dir, "encoder.json"), "w") as f:
-        json.dump({"training": FLAGS.training, "epochs": FLAGS.epochs,
-                   "bn_recalibration_images": batchnorm.BN_RECALIBRATION_IMAGES, **info}, f,
-                  indent=2)
+    with records.atomic_path(path) as tmp:
+        encoder.save(tmp)
+    records.write_json(os.path.join(model_dir, "encoder.json"),
+                       {"training": FLAGS.training, "epochs": FLAGS.epochs,
+                        "bn_recalibration_images": batchnorm.BN_RECALIBRATION_IMAGES, **info})
     return path
 
 
@@ -177,8 +175,7 @@ def export_seed(encoder, backbone, model_dir, seed, source, splits):
             deploy.export_encoder(encoder, out_dir, source, export_config, splits)
         except deploy.ExportMismatch as e:  # the report is written; the summary shows it
             logging.warning("%s", e)
-    with open(report_path) as f:
-        return json.load(f)
+    return records.read_json(report_path)
 
 
 def main(argv):

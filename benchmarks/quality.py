@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from mobile_pirl_tf.core import cli, config
+from mobile_pirl_tf.core import cli, config, records
 from mobile_pirl_tf.data import labelled, pipeline, sources
 from mobile_pirl_tf.evaluation import baselines, probes
 from mobile_pirl_tf.models import (
@@ -113,8 +113,7 @@ def main(argv):
         timings["supervised"] = round(time.time() - started, 1)
         os.makedirs(sup_dir, exist_ok=True)
         encoder.save(os.path.join(sup_dir, "encoder.keras"))
-        with open(os.path.join(sup_dir, "baseline.json"), "w") as f:
-            json.dump(info, f, indent=2)
+        records.write_json(os.path.join(sup_dir, "baseline.json"), info)
     encoders["supervised"] = os.path.join(sup_dir, "encoder.keras")
 
     random_dir = os.path.join(out, "random")
@@ -147,14 +146,12 @@ def main(argv):
                   f"pirl_minus_random={100 * (top1['pirl'] - top1['random']):.2f} "
                   f"gap_closed={gap:.3f}")
     print(f"training_seconds {json.dumps(timings)}")
-    with open(os.path.join(out, "quality.json"), "w") as f:
-        json.dump({"reports": reports, "training_seconds": timings,
-                   "flags": {k: FLAGS[k].value for k in ("backbone", "image_size", "budget_minutes",
-                                                         "batch_size", "learning_rate", "loss",
-                                                         "num_negatives", "shared_negatives",
-                                                         "temperature", "bank_momentum", "head",
-                                                         "view_min_scale", "pirl_epochs")}},
-                  f, indent=2)
+    flag_names = ("backbone", "image_size", "budget_minutes", "batch_size", "learning_rate",
+                  "loss", "num_negatives", "shared_negatives", "temperature", "bank_momentum",
+                  "head", "view_min_scale", "pirl_epochs")
+    records.write_json(os.path.join(out, "quality.json"),
+                       {"reports": reports, "training_seconds": timings,
+                        "flags": {k: FLAGS[k].value for k in flag_names}})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ ABI and the exact command as JSON (default: MODEL.<device>.json beside the model
 Without adb on PATH, or without a connected device, the script says which in one line.
 """
 
-import json
 import os
 import re
 import shutil
@@ -25,6 +24,8 @@ import subprocess
 import sys
 
 from absl import app, flags
+
+from mobile_pirl_tf.core.records import write_json
 
 flags.DEFINE_string("model", None, "The .tflite file to time.")
 flags.DEFINE_string("benchmark_binary", os.environ.get("LITERT_BENCHMARK_MODEL"),
@@ -144,8 +145,7 @@ def main(argv):
         sys.exit(2)
     device = re.sub(r"[^A-Za-z0-9_.-]+", "_", result["device"]) or "device"
     output = FLAGS.output or f"{os.path.splitext(FLAGS.model)[0]}.{device}.json"
-    with open(output, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(output, result)
     print(f"{result['device']}: {result['inference_avg_ms']:.2f} ms per inference "
           f"({FLAGS.num_threads} threads, gpu={FLAGS.use_gpu}) -> {output}")
 

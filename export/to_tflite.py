@@ -11,24 +11,20 @@ calibration and QAT) default to the run's config.json. See mobile_pirl_tf/deploy
 the report holds and the tolerances that make an export fail.
 """
 
-import json
 import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mobile_pirl_tf.core import cli, config  # noqa: E402 - TensorFlow is imported in main
+from mobile_pirl_tf.core import cli, config, records  # noqa: E402 - TensorFlow is imported in main
 from mobile_pirl_tf.core.errors import UsageError  # noqa: E402 - TensorFlow is imported in main
 
 cli.define_flags(config.ExportConfig)
 
 
 def _run_config(model_dir):
-    path = os.path.join(model_dir or "", "config.json")
-    if model_dir and os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return {}
+    """The config.json of the train.py run in model_dir ({} when there is none)."""
+    return records.read_json(os.path.join(model_dir, "config.json"), {}) if model_dir else {}
 
 
 def main(argv):

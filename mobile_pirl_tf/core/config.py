@@ -75,6 +75,14 @@ def parse_transforms(spec):
     return names
 
 
+def transformed_kind(spec):
+    """What the transformed view ends in: "patches" when it contains jigsaw (9 patches through
+    head g), else "image" (one image through head f_t); `spec` is a --transforms string or the
+    tuple of names."""
+    names = parse_transforms(spec) if isinstance(spec, str) else spec
+    return "patches" if "jigsaw" in names else "image"
+
+
 # --- shared groups ---------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -276,7 +284,7 @@ class TrainConfig(DataConfig):
                                   for f in dataclasses.fields(TransformParams)})
 
     def transformed_kind(self):
-        return "patches" if "jigsaw" in self.transform_names() else "image"
+        return transformed_kind(self.transform_names())
 
     def lr_for_batch(self):
         """The linear scaling rule of the recipe: learning_rate per 256 images."""

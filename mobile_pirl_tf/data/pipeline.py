@@ -129,13 +129,28 @@ def pretraining_dataset(source: Source, image_size, batch_size, steps_per_epoch,
                         first_epoch=0, last_epoch: Optional[int] = None, names=("jigsaw",),
                         params=TransformParams(), cache: Optional[ImageCache] = None,
                         shard=0, num_shards=1, replica_batch=None):
-    """Batches for epochs [first_epoch, last_epoch) (forever when last_epoch is None); images
-    come from `cache` when given, else are decoded from the source.
+    """The PIRL training batches of epochs [first_epoch, last_epoch) (module docstring).
 
-    With num_shards > 1 (one input pipeline per worker), this pipeline builds only its slice
-    of every global batch of `batch_size`, the examples at positions [shard * b, (shard + 1) * b)
-    of it (b = batch_size / num_shards), in batches of `replica_batch` (default b): the shards
-    together are exactly the single pipeline's batches, and each decodes only its images."""
+    Args:
+      source: a `data.sources.Source` (folder or TFDS); example i is memory-bank row i.
+      image_size: S, the side of the image view; the jigsaw patches are q x q
+        (`transforms.jigsaw_geometry(S).patch_input`).
+      batch_size: the GLOBAL batch; steps_per_epoch: batches per epoch.
+      seed: the seed of the per-epoch order and of every view (`example_seed`).
+      first_epoch, last_epoch: the epochs to produce (last_epoch None: forever).
+      names: the transformations of v_I^t (`core.config.parse_transforms`); params: their
+        `TransformParams`.
+      cache: an `ImageCache` to read decoded images from (the same pixels, so the same views).
+      shard, num_shards, replica_batch: one input pipeline per worker: this pipeline builds
+        only the examples at positions [shard * b, (shard + 1) * b) of every global batch
+        (b = batch_size / num_shards), in batches of `replica_batch` (default b), so the
+        shards together are exactly the single pipeline's batches.
+
+    Returns:
+      A `tf.data.Dataset` of {"image": float32 [b, S, S, 3], "patches": float32
+      [b, 9, q, q, 3] (views containing jigsaw) or "transformed": float32 [b, S, S, 3],
+      "index": int64 [b]}, pixels in [0, 255], `drop_remainder=True` (static shapes).
+    """
     if batch_size % num_shards:
         raise ValueError(f"batch size {batch_size} is not a multiple of {num_shards} shards")
     shard_batch = batch_size // num_shards

@@ -41,7 +41,11 @@ import math
 
 import tensorflow as tf
 
-from mobile_pirl_tf.core.config import MAX_COMPOSED, TransformParams  # noqa: F401 - re-exported
+from mobile_pirl_tf.core.config import (  # noqa: F401 - MAX_COMPOSED, TransformParams re-exported
+    MAX_COMPOSED,
+    TransformParams,
+    transformed_kind,
+)
 from mobile_pirl_tf.core.config import parse_transforms as parse  # noqa: F401 - re-exported
 from mobile_pirl_tf.data import augment
 
@@ -50,7 +54,7 @@ PER_VIEW_AFTER_JIGSAW = ("rotation",)
 
 
 def ends_in_patches(names):
-    return "jigsaw" in names
+    return transformed_kind(names) == "patches"
 
 
 # --- jigsaw (PIRL Sec. 3.2) -------------------------------------------------------------------

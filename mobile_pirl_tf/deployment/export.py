@@ -48,13 +48,27 @@ def probe(features_fn, train, test, image_size, seed=0):
 
 
 def export_encoder(encoder, out_dir, source, config: ExportConfig, probe_splits=None, log=print):
-    """Writes <variant>.tflite files and report.json to out_dir; returns the report.
+    """Writes <variant>.tflite files and report.json to out_dir (module docstring).
 
-    `config` (an `ExportConfig`) gives the variants, sample sizes, QAT settings, latency runs,
-    thread counts and seed; `source` (a `sources.Source`) the unlabelled images; `probe_splits`
-    an optional (train, test) pair of `labelled.LabelledSplit`s for the linear probe. With
-    `config.recalibrate_bn_images` > 0 the encoder's batch-norm statistics are first
-    re-estimated in memory (the encoder file is not touched) on that many images of `source`.
+    Args:
+      encoder: a `keras.Model` with a fixed input [S, S, 3] float32 pixels in [0, 255] and
+        pooled features [d] out (what train.py writes as encoder.keras).
+      out_dir: the folder the files go to (created).
+      source: a `data.sources.Source` of unlabelled images: int8 calibration, QAT and the
+        held-out agreement images are seeded centre crops of it.
+      config: the `ExportConfig` (variants, sample sizes, QAT, latency runs, threads, seed,
+        `recalibrate_bn_images`: when > 0 the encoder's batch-norm statistics are first
+        re-estimated in memory on that many images of `source`; the file is not touched).
+      probe_splits: an optional (train, test) pair of `data.labelled.LabelledSplit`s: the
+        linear probe's top-1 on each variant's features.
+
+    Returns:
+      The report (also report.json): per variant its file, bytes, ops, agreement with the
+      Keras features, probe top-1, latency (median and p90 ms per thread count), passed.
+
+    Raises:
+      ExportMismatch: a variant fails its tolerance (after everything is written; the failed
+        files are named <variant>.failed.tflite and report.failed.json).
     """
     c = config
     variants, seed, threads = c.variants, c.seed, tuple(c.threads)

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from mobile_pirl_tf.core.progress import Progress
+from mobile_pirl_tf.core.records import atomic_path
 from mobile_pirl_tf.data import labelled
 from mobile_pirl_tf.models import batchnorm
 from mobile_pirl_tf.models.batchnorm import BN_RECALIBRATION_IMAGES
@@ -50,9 +51,9 @@ def extract_features(encoder, encoder_path, split, image_size, cache_dir=None,
     """Features [n, d] of a split, read from / written to cache_dir when given. The encoder
     must already be BN-recalibrated (see `features_for`)."""
     path = _cache_path(cache_dir, encoder_path, split, image_size, bn_images)
-    if path and os.path.exists(path):
-        logging.info("features from cache %s", path)
-        return np.load(path)
+    cached = _load_cached(path)
+    if cached is not None:
+        return cached
     batches = math.ceil(len(split.labels) / 128)
     with Progress(f"features of {split.name.rsplit(':', 1)[-1]} ({len(split.labels)} images)",
                   batches) as progress:
@@ -60,9 +61,24 @@ def extract_features(encoder, encoder_path, split, image_size, cache_dir=None,
                                    progress.wrap(labelled.split_images(split, image_size, 128))])
     if path:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = path + ".tmp.npy"
-        np.save(tmp, features)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.save(tmp, features)
+    return features
+
+
+def _load_cached(path):
+    """The cached features at path, or None (no cache, no file, or a damaged file, which is
+    removed with a warning so they are computed again)."""
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        features = np.load(path)
+    except (ValueError, EOFError, OSError) as e:
+        logging.warning("%s is damaged (%s); computing the features again", path,
+                        str(e).splitlines()[0][:120])
+        os.remove(path)
+        return None
+    logging.info("features from cache %s", path)
     return features
 
 
@@ -81,7 +97,7 @@ def features_for(encoder, encoder_path, train, test, image_size, cache_dir=None,
     """(train, test) features: from the cache, or after recalibrating BN on `bn_images` train
     images (0: keep the encoder's own moving statistics)."""
     paths = [_cache_path(cache_dir, encoder_path, s, image_size, bn_images) for s in (train, test)]
-    if not all(p and os.path.exists(p) for p in paths):
+    if any(_load_cached(p) is None for p in paths):
         recalibrate(encoder, train, image_size, bn_images)
     return tuple(extract_features(encoder, encoder_path, s, image_size, cache_dir, bn_images)
                  for s in (train, test))

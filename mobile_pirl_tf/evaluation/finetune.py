@@ -172,8 +172,23 @@ def fine_tune_fraction(load_encoder, scratch_encoder, train, test, fraction, see
 
 def fine_tune_report(load_encoder, scratch_encoder, train, test, fractions, seed=0,
                      recipe=FINETUNE_RECIPE, log=print):
-    """{protocol, fractions: [...], recipe, seed} over the fractions (each with its scratch
-    baseline)."""
+    """Fine-tunes the encoder on each label fraction, beside the backbone from scratch.
+
+    Args:
+      load_encoder: a callable returning a fresh copy of the pretrained encoder (a
+        `keras.Model`, float32 pixels [N, S, S, 3] in [0, 255] -> features [N, d]).
+      scratch_encoder: a callable returning a random-init encoder of the same backbone, or
+        None (no scratch run).
+      train, test: `data.labelled.LabelledSplit`s (folder splits for fractions below 1).
+      fractions: floats in (0, 1]: the class-balanced share of `train` labelled.
+      seed: the subset draw, the classifier's initialisation and the augmentation.
+      recipe: the fine-tuning recipe (`FINETUNE_RECIPE`).
+
+    Returns:
+      {"protocol": "finetune", "fractions": [one entry per fraction: label_fraction,
+      n_labelled, files, top1, top5, steps, seconds, and the same with a "scratch_" prefix],
+      "recipe", "seed", "n_train", "n_test", "num_classes"}; accuracies are fractions.
+    """
     entries = [fine_tune_fraction(load_encoder, scratch_encoder, train, test, f, seed, recipe,
                                   log)
                for f in fractions]

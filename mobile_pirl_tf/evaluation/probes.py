@@ -12,7 +12,7 @@ Features come from `features.features_for` (batch-norm statistics re-estimated o
 images first, for every encoder alike).
 """
 
-import json
+import logging
 import os
 import time
 
@@ -23,6 +23,7 @@ import tensorflow as tf
 from mobile_pirl_tf.core.config import PROTOCOLS
 from mobile_pirl_tf.core.errors import UsageError
 from mobile_pirl_tf.core.progress import Progress
+from mobile_pirl_tf.core.records import DamagedRecord, read_json, write_json
 from mobile_pirl_tf.evaluation import features
 from mobile_pirl_tf.models import backbones
 from mobile_pirl_tf.models.batchnorm import BN_RECALIBRATION_IMAGES
@@ -135,8 +136,7 @@ def evaluate_encoder(encoder, encoder_path, train, test, protocol, output_dir, s
     else:
         report.update(k=KNN_K, temperature=KNN_TEMPERATURE)
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, f"eval_{protocol}{file_suffix}.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(os.path.join(output_dir, f"eval_{protocol}{file_suffix}.json"), report)
     return report
 
 
@@ -147,10 +147,14 @@ def protocol_bn_images(encoder_path, kind="pirl"):
     for the random-init and supervised baselines (random init has no statistics; supervised
     ones come from augmented crops) and for encoders without that record."""
     run_path = os.path.join(os.path.dirname(os.path.abspath(encoder_path)), "run.json")
-    if kind not in ("random", "supervised") and os.path.exists(run_path):
-        with open(run_path) as f:
-            if json.load(f).get("encoder_bn_statistics", {}).get("images", 0) > 0:
-                return 0
+    if kind not in ("random", "supervised"):
+        try:
+            run = read_json(run_path, {})
+        except DamagedRecord as e:  # the protocol's default: re-estimate
+            logging.warning("%s; the encoder's batch-norm statistics are re-estimated", e)
+            run = {}
+        if run.get("encoder_bn_statistics", {}).get("images", 0) > 0:
+            return 0
     return BN_RECALIBRATION_IMAGES
 
 

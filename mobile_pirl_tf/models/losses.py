@@ -1,6 +1,7 @@
 """Contrastive losses on memory-bank logits (PIRL Eq. 2-5).
 
-s(u, v) = cos(u, v) / tau with tau = 0.07. For each example: one positive logit (the bank row
+s(u, v) = cos(u, v) / tau (train.py's --temperature: 0.2 by default, the paper's 0.07 with
+--recipe=paper). For each example: one positive logit (the bank row
 m_I against the embedding) and K negative logits (K bank rows drawn uniformly).
 Both losses return a per-example vector; the caller averages over the GLOBAL batch.
 

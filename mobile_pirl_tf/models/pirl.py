@@ -18,15 +18,40 @@ momentum), applied to kernels only (no batch-norm parameters, no biases).
 import keras
 import tensorflow as tf
 
+from mobile_pirl_tf.core.config import TrainConfig
 from mobile_pirl_tf.models import heads, losses, memory_bank
 
 TRANSFORMED_KINDS = ("patches", "image")
 
 
+_DEFAULTS = TrainConfig()  # train.py's defaults: the one source of defaults
+
+
 class PIRL(keras.Model):
-    def __init__(self, backbone, num_examples, embedding_dim=128, head="linear",
-                 num_negatives=32000, temperature=0.07, pirl_lambda=0.5, bank_momentum=0.5,
-                 loss="nce", weight_decay=1e-4, shared_negatives=False, seed=0,
+    """PIRL: one shared backbone, heads f and g (or f_t), the memory bank and Eq. 5's loss.
+
+    Args:
+      backbone: a `keras.Model` mapping float32 pixels `[N, H, W, 3]` in [0, 255] (any H, W:
+        images and patches) to pooled features `[N, d]`.
+      num_examples: rows of the memory bank, one per training image (>= 2).
+      embedding_dim, head, num_negatives, temperature, pirl_lambda, bank_momentum, loss,
+        weight_decay, shared_negatives, seed: as train.py's flags of the same names
+        (`core.config.TrainConfig`, whose defaults these are); `num_negatives` is capped at
+        `num_examples - 1`.
+      transformed: "patches" (the view contains jigsaw: head g over 9 patches) or "image"
+        (head f_t, shaped like f).
+
+    Call: `model(batch)` with batch {"image": [B, S, S, 3], "patches": [B, 9, q, q, 3] or
+    "transformed": [B, S, S, 3]} float32 pixels returns (f(v_I), g(v_I^t)), both
+    `[B, embedding_dim]` float32, unit-norm.
+    """
+
+    def __init__(self, backbone, num_examples, embedding_dim=_DEFAULTS.embedding_dim,
+                 head=_DEFAULTS.head, num_negatives=_DEFAULTS.num_negatives,
+                 temperature=_DEFAULTS.temperature, pirl_lambda=_DEFAULTS.pirl_lambda,
+                 bank_momentum=_DEFAULTS.bank_momentum, loss=_DEFAULTS.loss,
+                 weight_decay=_DEFAULTS.weight_decay,
+                 shared_negatives=_DEFAULTS.shared_negatives, seed=_DEFAULTS.seed,
                  transformed="patches", **kwargs):
         super().__init__(**kwargs)
         if loss not in losses.LOSSES:
@@ -90,6 +115,18 @@ class PIRL(keras.Model):
         return z_image, self.transformed_head(patch_features)
 
     def train_step(self, data):
+        """One PIRL step on a replica's batch (model.fit runs it under the strategy).
+
+        Args:
+          data: {"image": float32 [b, S, S, 3], "patches": float32 [b, 9, q, q, 3] or
+            "transformed": float32 [b, S, S, 3], "index": int64 [b] (memory-bank rows)}, b the
+            per-replica batch (`data.pipeline.pretraining_dataset`).
+
+        Returns:
+          {"loss", "loss_transformed", "loss_image", "positive_similarity",
+          "negative_similarity", "learning_rate"[, "nce_log_z" under NCE]}: float32 scalars,
+          the running means of the epoch.
+        """
         index = tf.cast(data["index"], tf.int64)
         ctx = tf.distribute.get_replica_context()
         step = self.optimizer.iterations
@@ -114,7 +151,8 @@ class PIRL(keras.Model):
         self.trackers["positive_similarity"].update_state(tf.reduce_sum(z_image * positives, -1))
         results = {name: tracker.result() for name, tracker in self.trackers.items()}
         results["learning_rate"] = self.optimizer.learning_rate
-        results["nce_log_z"] = self.log_z.value
+        if self.loss_name == "nce":  # the NCE normaliser; InfoNCE has none
+            results["nce_log_z"] = self.log_z.value
         if _multi_worker(ctx):  # Keras averages each output over workers along axis 0 (3.15)
             results = {name: tf.reshape(value, [1]) for name, value in results.items()}
         return results

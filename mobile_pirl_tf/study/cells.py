@@ -23,7 +23,7 @@ import shutil
 import socket
 import time
 
-from mobile_pirl_tf.core.config import parse_transforms
+from mobile_pirl_tf.core.config import transformed_kind
 from mobile_pirl_tf.core.records import DamagedRecord, read_json, set_aside, write_json
 
 
@@ -40,7 +40,7 @@ class Cell:
     @property
     def kind(self):
         """"patches" (the view contains jigsaw) or "image": what a step costs depends on it."""
-        return "patches" if "jigsaw" in parse_transforms(self.transforms) else "image"
+        return transformed_kind(self.transforms)
 
 
 @dataclasses.dataclass(frozen=True)
