@@ -19,10 +19,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mobile_pirl_tf.core import cli, config, records  # noqa: E402 - TensorFlow is imported in main
+from mobile_pirl_tf.core import cli, config, eval_config, records  # noqa: E402 - TensorFlow is imported in main
 from mobile_pirl_tf.core.errors import UsageError  # noqa: E402 - TensorFlow is imported in main
 
-cli.define_flags(config.EvalConfig)
+cli.define_flags(eval_config.EvalConfig)
 
 
 def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, cfg):
@@ -91,7 +91,7 @@ def _finetune(path, size, train, test, output_dir, cfg):
 
     from mobile_pirl_tf.evaluation import finetune
 
-    fractions = finetune.parse_fractions(cfg.label_fraction or config.FINETUNE_FRACTIONS)
+    fractions = finetune.parse_fractions(cfg.label_fraction or eval_config.FINETUNE_FRACTIONS)
     for fraction in fractions:  # every error before any training
         finetune.label_subset(train, fraction, cfg.seed)
     run = _run_config(path)
@@ -126,7 +126,7 @@ def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir, 
               "run evaluate.py --baseline=... yourself)")
         return []
     reports = []
-    for kind in config.BASELINES:
+    for kind in eval_config.BASELINES:
         base_dir = os.path.join(output_dir, "baselines", kind)
         present = os.path.exists(os.path.join(base_dir, "encoder.keras"))
         if kind == "supervised" and not cfg.supervised_asked():
@@ -146,12 +146,13 @@ def _baseline_reports(encoder, encoder_path, train, test, protocol, output_dir, 
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
-    cfg = cli.config_from_flags(config.EvalConfig).validate()
+    cfg = cli.config_from_flags(eval_config.EvalConfig).validate()
     from mobile_pirl_tf.data import labelled
     from mobile_pirl_tf.evaluation import probes
     from mobile_pirl_tf.models import backbones
 
-    train, test = labelled.labelled_splits(cfg.dataset, cfg.data_dir, cfg.tfds_data_dir)
+    train, test = labelled.labelled_splits(cfg.dataset, cfg.data_dir, cfg.tfds_data_dir,
+                                           cfg.tfds_manual_dir)
     if cfg.baseline:
         encoder, path = _baseline_encoder(cfg.baseline, cfg.backbone, cfg.image_size, cfg.width,
                                           train, cfg.output_dir, cfg)

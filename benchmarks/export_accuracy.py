@@ -41,7 +41,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags, logging  # noqa: E402
 
-from mobile_pirl_tf.core import cli, config, records  # noqa: E402
+from mobile_pirl_tf.core import cli, config, export_config, records  # noqa: E402
+from mobile_pirl_tf.core.export_config import ExportConfig  # noqa: E402
 
 RELU6 = ("mobilenetv2", "efficientnetlite0")  # networks whose activations are all ReLU6
 PTQ_POINTS, QAT_POINTS = 2.0, 1.0
@@ -56,9 +57,9 @@ flags.DEFINE_string("transforms", "crop", "PIRL pretext transformations (see tra
 flags.DEFINE_integer("batch_size", 64, "PIRL batch size (supervised: 64).")
 flags.DEFINE_float("learning_rate", 0.06, "PIRL learning rate per 256 images (InfoNCE).")
 flags.DEFINE_list("variants", ["float32", "int8", "qat_int8"], "Variants to export and probe.")
-flags.DEFINE_integer("qat_epochs", config.QAT_EPOCHS, "QAT feature-distillation epochs (0: "
+flags.DEFINE_integer("qat_epochs", export_config.QAT_EPOCHS, "QAT feature-distillation epochs (0: "
                      "calibrated fake-quant ranges only).", lower_bound=0)
-flags.DEFINE_float("qat_learning_rate", config.QAT_LEARNING_RATE,
+flags.DEFINE_float("qat_learning_rate", export_config.QAT_LEARNING_RATE,
                    "QAT Adam learning rate (cosine-decayed to 0).")
 flags.DEFINE_list("seeds", ["0"], "Export seeds. Each one exports every variant again (own "
                   "calibration, agreement and QAT images, QAT run and probe seed) into "
@@ -168,7 +169,7 @@ def export_seed(encoder, backbone, model_dir, seed, source, splits):
     if not os.path.exists(report_path):
         from mobile_pirl_tf.deployment import export as deploy
 
-        export_config = config.ExportConfig(
+        export_config = ExportConfig(
             variants=tuple(FLAGS.variants), backbone=backbone, qat_epochs=FLAGS.qat_epochs,
             qat_learning_rate=FLAGS.qat_learning_rate, latency_runs=10, threads=(2,), seed=seed)
         try:

@@ -16,10 +16,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mobile_pirl_tf.core import cli, config, records  # noqa: E402 - TensorFlow is imported in main
+from mobile_pirl_tf.core import cli, records  # noqa: E402
 from mobile_pirl_tf.core.errors import UsageError  # noqa: E402 - TensorFlow is imported in main
+from mobile_pirl_tf.core.export_config import ExportConfig  # noqa: E402 - TensorFlow is imported in main
 
-cli.define_flags(config.ExportConfig)
+cli.define_flags(ExportConfig)
 
 
 def _run_config(model_dir):
@@ -30,7 +31,7 @@ def _run_config(model_dir):
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.WARNING)
-    cfg = cli.config_from_flags(config.ExportConfig).validate()
+    cfg = cli.config_from_flags(ExportConfig).validate()
     from mobile_pirl_tf.data import labelled, sources
     from mobile_pirl_tf.deployment import export as deploy
     from mobile_pirl_tf.models import backbones

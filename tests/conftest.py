@@ -97,3 +97,30 @@ def tiny_config():
                     steps_per_epoch=2, num_negatives=16, bn_recalibration_images=16, verbose=0)
         return TrainConfig(**{**base, **fields})
     return make
+
+
+@pytest.fixture
+def fake_stl10_download(tmp_path, monkeypatch):
+    """TFDS's download of STL-10 replaced by a local folder in the archive's layout (12
+    unlabelled, 8 train and 8 test images of 96 x 96): preparing then runs for real. Returns
+    the list of downloads made (["downloaded"] once TFDS asked for the archive)."""
+    import tensorflow_datasets as tfds
+
+    folder = tmp_path / "stl10_download" / "stl10_binary"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, count in (("train", 8), ("test", 8), ("unlabeled", 12)):
+        images = rng.integers(0, 255, (count, 3, 96, 96), dtype=np.uint8)
+        (folder / f"{name}_X.bin").write_bytes(images.tobytes())
+        if name != "unlabeled":
+            (folder / f"{name}_y.bin").write_bytes(
+                (np.arange(count) % 10 + 1).astype(np.uint8).tobytes())
+    (folder / "class_names.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n")
+    downloads = []
+
+    def download_and_extract(self, url):
+        downloads.append("downloaded")
+        return str(folder.parent)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
+                        download_and_extract)
+    return downloads

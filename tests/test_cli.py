@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from mobile_pirl_tf.core import config
+from mobile_pirl_tf.core import config, eval_config, export_config
 from mobile_pirl_tf.core.errors import UsageError
 
 # Runs a script as `python SCRIPT ARGS` would, then reports whether TensorFlow was imported.
@@ -63,7 +63,7 @@ def test_help_groups_training_flags():
 
 
 def test_every_config_field_has_help():
-    for cls in (config.TrainConfig, config.EvalConfig, config.ExportConfig):
+    for cls in (config.TrainConfig, eval_config.EvalConfig, export_config.ExportConfig):
         for field in dataclasses.fields(cls):
             assert field.metadata.get("help"), f"{cls.__name__}.{field.name} has no help"
         grouped = {n for names in cls.HELP_GROUPS.values() for n in names}
@@ -72,15 +72,15 @@ def test_every_config_field_has_help():
 
 def test_export_config_takes_the_runs_settings_unless_given():
     run = {"backbone": "mobilenetv2", "width": 0.5, "data_dir": "/images", "dataset": "stl10"}
-    cfg = config.ExportConfig(model_dir="r").with_run_defaults(run)
+    cfg = export_config.ExportConfig(model_dir="r").with_run_defaults(run)
     assert (cfg.backbone, cfg.width, cfg.data_dir) == ("mobilenetv2", 0.5, "/images")
-    own = config.ExportConfig(model_dir="r", backbone="mnasnet_a1", dataset="cifar10")
+    own = export_config.ExportConfig(model_dir="r", backbone="mnasnet_a1", dataset="cifar10")
     own = own.with_run_defaults(run)
     assert (own.backbone, own.data_dir, own.dataset) == ("mnasnet_a1", None, "cifar10")
     with pytest.raises(UsageError, match="unknown --variants value 'int4'"):
-        config.ExportConfig(model_dir="r", variants=("int4",)).validate()
+        export_config.ExportConfig(model_dir="r", variants=("int4",)).validate()
     with pytest.raises(UsageError, match="--model_dir"):
-        config.ExportConfig().validate()
+        export_config.ExportConfig().validate()
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None and not os.path.exists(

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from mobile_pirl_tf.core import config
+from mobile_pirl_tf.core.export_config import ExportConfig
 from mobile_pirl_tf.data import labelled, sources
 from mobile_pirl_tf.deployment import agreement, tflite
 from mobile_pirl_tf.deployment import export as deploy
@@ -45,7 +46,7 @@ def mobilenetv3_export(tmp_path_factory, labelled_folder):
     encoder = trained_like_encoder("mobilenetv3small", labelled_folder)
     out = str(tmp_path_factory.mktemp("export"))
     source = sources.folder_source(os.path.join(labelled_folder, "train"))
-    export_config = config.ExportConfig(
+    export_config = ExportConfig(
         variants=tuple(PTQ_VARIANTS), backbone="mobilenetv3small", calibration_images=20,
         agreement_images=8, qat_epochs=1, latency_runs=3, threads=(1,))
     report = deploy.export_encoder(encoder, out, source, export_config, log=lambda *_: None)
@@ -124,7 +125,7 @@ def test_stale_batchnorm_is_flagged_and_recalibration_fixes_it(tmp_path, labelle
                    if isinstance(layer, keras.layers.BatchNormalization)][-1]
         last_bn.moving_variance.assign(last_bn.moving_variance * 1e6)
         messages = []
-        export_config = config.ExportConfig(variants=("float32",), agreement_images=8,
+        export_config = ExportConfig(variants=("float32",), agreement_images=8,
                                             latency_runs=1, threads=(1,),
                                             recalibrate_bn_images=images)
         report = deploy.export_encoder(encoder, str(tmp_path / str(images)), source,
@@ -143,7 +144,7 @@ def test_a_failed_variant_is_kept_under_a_name_that_says_so(tmp_path, labelled_f
     carries its name, so a rerun needs no --overwrite."""
     monkeypatch.setitem(deploy.MIN_COSINE, "float32", 1.01)
     source = sources.folder_source(os.path.join(labelled_folder, "train"))
-    export_config = config.ExportConfig(variants=("float32", "float16"), agreement_images=8,
+    export_config = ExportConfig(variants=("float32", "float16"), agreement_images=8,
                                         latency_runs=1, threads=(1,))
     with pytest.raises(deploy.ExportMismatch, match="float32 .*<variant>.failed.tflite"):
         deploy.export_encoder(trained_like_encoder("mobilenetv3small", labelled_folder),

@@ -7,6 +7,7 @@ class-balanced, seeded subsets (the same files for every encoder compared).
 """
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -25,36 +26,67 @@ class LabelledSplit:
     dataset: object = None    # TFDS: a tf.data.Dataset of (encoded image, label)
 
 
+# The labelled split a folder holds for testing: test/, or the val/ of the official Imagenette
+# archive and of ImageNet-style layouts (the first present is used).
+TEST_FOLDERS = ("test", "val", "validation")
+
+
 def _class_folders(root):
     return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
                   and not d.startswith("."))
 
 
+def test_folder(root):
+    """The name of root's test split folder (`TEST_FOLDERS`), or None."""
+    return next((n for n in TEST_FOLDERS if os.path.isdir(os.path.join(root, n))), None)
+
+
+def _scan_classes(folder, classes):
+    """{class: Scan} of each class folder under `folder` that exists."""
+    return {name: images.list_image_files(os.path.join(folder, name)) for name in classes
+            if os.path.isdir(os.path.join(folder, name))}
+
+
 def folder_splits(root):
-    """(train, test) LabelledSplits from root/train/<class>/... and root/test/<class>/..."""
-    for split in ("train", "test"):
-        if not os.path.isdir(os.path.join(root, split)):
-            raise UsageError(f"--data_dir={root} has no {split}/ folder; labelled data must be "
-                             "laid out as train/<class>/... and test/<class>/...")
-    classes = _class_folders(os.path.join(root, "train"))
+    """(train, test) LabelledSplits from root/train/<class>/... and root/test/<class>/...
+    (test/ may be val/ or validation/). Every file goes through the pipeline's image scan
+    (`images.list_image_files`); a class folder with no usable training image is not a class
+    (warned), and skipped files are named in one warning."""
+    test_name = test_folder(root) if os.path.isdir(root) else None
+    missing = [f"{n}/" for n, ok in (("train", os.path.isdir(os.path.join(root, "train"))),
+                                     ("test", test_name is not None)) if not ok]
+    if missing:
+        raise UsageError(f"--data_dir={root} has no {' or '.join(missing)} folder; labelled data "
+                         "must be laid out as train/<class>/... and test/<class>/... (val/ is "
+                         "accepted for test/)")
+    train_scans = _scan_classes(os.path.join(root, "train"), _class_folders(
+        os.path.join(root, "train")))
+    empty = sorted(n for n, scan in train_scans.items() if not scan.files)
+    classes = [n for n in sorted(train_scans) if n not in empty]
+    if empty:
+        logging.warning("%s/train: %d class folder(s) without a usable image are not classes: "
+                        "%s", root, len(empty), ", ".join(empty[:5]))
     if not classes:
-        raise UsageError(f"{root}/train has no class folders")
-    unknown = sorted(set(_class_folders(os.path.join(root, "test"))) - set(classes))
+        raise UsageError(f"{root}/train has no class folder with a usable image")
+    test_dir = os.path.join(root, test_name)
+    test_scans = _scan_classes(test_dir, _class_folders(test_dir))
+    unknown = sorted(n for n, scan in test_scans.items() if scan.files and n not in classes)
     if unknown:
-        raise UsageError(f"{root}/test has classes that train/ lacks: {', '.join(unknown[:5])}; "
+        raise UsageError(f"{test_dir} has classes that train/ lacks: {', '.join(unknown[:5])}; "
                          "every test class needs training examples")
     splits = []
-    for split in ("train", "test"):
-        keys, labels = [], []
+    for split, scans in (("train", train_scans), ("test", test_scans)):
+        keys, labels, skipped = [], [], []
         for label, name in enumerate(classes):
-            folder = os.path.join(root, split, name)
-            if not os.path.isdir(folder):
-                continue
-            files, _, _ = images.list_image_files(folder)
-            keys += files
-            labels += [label] * len(files)
+            if name in scans:
+                keys += scans[name].files
+                labels += [label] * len(scans[name].files)
+                skipped += scans[name].skipped
+        if skipped:
+            logging.warning("%s/%s: using %d images; %s", root, split, len(keys),
+                            images.Scan(keys, skipped).summary())
         if not keys:
-            raise UsageError(f"{root}/{split} holds no readable images")
+            raise UsageError(f"{root}/{split} holds no image TensorFlow can read")
         splits.append(LabelledSplit(f"{os.path.abspath(root)}:{split}", keys,
                                     np.array(labels, np.int64), classes))
     return tuple(splits)
@@ -86,22 +118,29 @@ def per_class_subset(split, per_class, seed, tag):
                          [split.keys[i] for i in chosen], split.labels[chosen], split.classes)
 
 
-def tfds_splits(name, data_dir=None):
-    out = []
-    for split in ("train", "test"):
-        ds, builder = sources.tfds_dataset(name, split, data_dir)
-        label_feature = builder.info.features["label"]
-        classes = list(getattr(label_feature, "names", None) or range(label_feature.num_classes))
-        pairs = ds.map(lambda ex: (ex["image"], ex["label"]))
-        labels = np.array([int(y) for _, y in pairs.as_numpy_iterator()], np.int64)
-        out.append(LabelledSplit(f"tfds:{name}:{split}", None, labels, classes, pairs))
-    return tuple(out)
+def _tfds_split(name, split, data_dir, manual_dir):
+    ds, builder = sources.tfds_dataset(name, split, data_dir, manual_dir)
+    label_feature = builder.info.features["label"]
+    classes = list(getattr(label_feature, "names", None) or range(label_feature.num_classes))
+    pairs = ds.map(lambda ex: (ex["image"], ex["label"]))
+    labels = np.array([int(y) for _, y in pairs.as_numpy_iterator()], np.int64)
+    return LabelledSplit(f"tfds:{name}:{split}", None, labels, classes, pairs), builder
 
 
-def labelled_splits(dataset="stl10", data_dir=None, tfds_data_dir=None):
+def tfds_splits(name, data_dir=None, manual_dir=None):
+    """(train, test) LabelledSplits of a TFDS data set (prepared first when it is not); its
+    "test" split, else "validation" (imagenet2012's labelled held-out split)."""
+    train, builder = _tfds_split(name, "train", data_dir, manual_dir)
+    known = builder.info.splits
+    test_split = "test" if "test" in known or not known else "validation"
+    return train, _tfds_split(name, test_split, data_dir, manual_dir)[0]
+
+
+def labelled_splits(dataset="stl10", data_dir=None, tfds_data_dir=None, tfds_manual_dir=None):
+    """`folder_splits` of data_dir when given, else `tfds_splits` of the TFDS `dataset`."""
     if data_dir:
         return folder_splits(data_dir)
-    return tfds_splits(dataset, tfds_data_dir)
+    return tfds_splits(dataset, tfds_data_dir, tfds_manual_dir)
 
 
 def split_keys(split):

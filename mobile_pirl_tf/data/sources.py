@@ -37,59 +37,113 @@ class Source:
 
 
 def folder_source(root):
-    other = {}
-    files, not_images, corrupt = images.list_image_files(root, other)
-    if not files:
-        raise UsageError(f"--data_dir={root} holds no readable image "
-                         f"({', '.join(images.IMAGE_EXTENSIONS)}); {corrupt} corrupt, "
-                         f"{not_images} other files")
-    if corrupt or not_images or other:
-        extra = "".join(f", {n} {what}" for what, n in other.items())
-        logging.warning("%s: using %d images; skipped %d corrupt or truncated image files and %d "
-                        "non-image files%s", root, len(files), corrupt, not_images, extra)
+    """The `Source` of a folder of images (any nesting): what `images.list_image_files`
+    accepts, in sorted order; what it skips is named in one warning and counted in
+    `skipped`."""
+    scan = images.list_image_files(root)
+    if not scan.files:
+        raise UsageError(f"--data_dir={root} holds no image TensorFlow can read "
+                         f"({', '.join(images.IMAGE_EXTENSIONS)}); {scan.summary()}")
+    if scan.skipped or scan.repeated_dirs:
+        logging.warning("%s: using %d images; %s", root, len(scan.files), scan.summary())
     else:
-        logging.info("%s: %d images", root, len(files))
-    return Source(name=os.path.abspath(root), keys=tf.data.Dataset.from_tensor_slices(files),
-                  num_examples=len(files), decode=images.read_and_decode,
-                  skipped=corrupt + not_images + other.get("names not UTF-8", 0),
-                  paths=files)
+        logging.info("%s: %d images", root, len(scan.files))
+    return Source(name=os.path.abspath(root),
+                  keys=tf.data.Dataset.from_tensor_slices(scan.files),
+                  num_examples=len(scan.files), decode=images.read_and_decode,
+                  skipped=len(scan.skipped), paths=scan.files)
 
 
-def _not_prepared(name, builder):
-    return UsageError(
-        f"TFDS data set {name!r} is not prepared in {builder.data_dir} and cannot be downloaded "
-        f"here; prepare it on a machine with internet (`tfds build {name}`) and pass "
-        "--tfds_data_dir, or use --data_dir=PATH with a folder of images")
+# What a TFDS data set takes to download (TFDS's catalog), printed before downloading it: the
+# builder itself knows only after preparing. Others print TFDS's own figure when it has one.
+DOWNLOAD_SIZES = {"stl10": "2.46 GiB (1.86 GiB prepared)",
+                  "imagenette": "94 MiB (160px-v2)",
+                  "cifar10": "162 MiB", "imagenet2012": "about 156 GiB of archives you download"}
 
 
-def tfds_dataset(name, split, data_dir=None, manual_dir=None):
-    """(encoded-image dataset of `split`, builder) of a prepared TFDS data set.
+PROBE_URL = "https://storage.googleapis.com"  # TFDS's own host: is there a network at all?
 
-    Nothing is downloaded: a data set that is not prepared gives a one-line `UsageError`
-    saying what to do, except imagenet2012-style ones prepared from `manual_dir`.
-    """
+
+def network_reachable(url=PROBE_URL, timeout=10):
+    """Whether an HTTP request reaches `url` (through the environment's proxies, as TFDS's
+    downloads do): without it TFDS would retry for minutes before failing."""
+    import requests
+
+    try:
+        requests.head(url, timeout=timeout)
+        return True
+    except requests.RequestException:
+        return False
+
+
+def _builder(name, data_dir):
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        return tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # unknown name or config
         raise UsageError(f"unknown TFDS data set {name!r} ({type(e).__name__}); "
                          "use a name from `tfds.list_builders()` or --data_dir=PATH") from None
-    if manual_dir and not builder.is_prepared():
-        try:
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-        except Exception as e:  # noqa: BLE001
-            raise UsageError(f"could not prepare TFDS {name!r} from --tfds_manual_dir="
-                             f"{manual_dir}: {str(e).splitlines()[0][:200]}") from None
+
+
+def prepare(name, builder, manual_dir=None, log=logging.info):
+    """Downloads and prepares a TFDS data set that is not prepared yet, as `tfds build` would
+    (TFDS's own progress bars; the size is printed first). A data set that needs a manual
+    download (imagenet2012) needs `manual_dir`; no network is one line naming --data_dir."""
+    import tensorflow_datasets as tfds
+
+    if builder.is_prepared():
+        return
+    instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if instructions and not manual_dir:
+        needs = " ".join(instructions.split())
+        raise UsageError(f"TFDS {name!r} needs a manual download: put the archives in a folder "
+                         f"and pass --tfds_manual_dir=FOLDER ({needs[:200]}); it is then "
+                         f"prepared into {builder.data_dir} once")
+    size = DOWNLOAD_SIZES.get(name.split("/")[0])
+    if size is None and builder.info.download_size:
+        size = str(builder.info.download_size)
+    if not manual_dir and not network_reachable():
+        raise UsageError(f"TFDS {name!r} is not prepared in {builder.data_dir} and the network "
+                         f"cannot be reached to download it ({PROBE_URL} did not answer); pass "
+                         "--data_dir=FOLDER of images, or prepare it where there is internet and "
+                         "pass --tfds_data_dir")
+    source = f"from --tfds_manual_dir={manual_dir}" if manual_dir else "downloading"
+    log(f"TFDS {name!r} is not prepared: {source} ({size or 'size unknown'}) and preparing it "
+        f"into {builder.data_dir}, once")
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except Exception as e:  # noqa: BLE001 - whatever the download raised, one line
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else \
+            type(e).__name__
+        offline = any(w in reason.lower() for w in ("connection", "resolve", "network",
+                                                    "timed out", "unreachable", "urlopen"))
+        hint = ("no network here? pass --data_dir=FOLDER of images, or prepare it where there "
+                "is internet and pass --tfds_data_dir" if offline else
+                "rerun to retry (finished downloads are kept), or pass --data_dir=FOLDER of "
+                "images")
+        raise UsageError(f"could not download and prepare TFDS {name!r} ({reason}); "
+                         f"{hint}") from None
+
+
+def tfds_dataset(name, split, data_dir=None, manual_dir=None):
+    """(encoded-image dataset of `split`, builder) of a TFDS data set, downloaded and prepared
+    first when it is not (`prepare`)."""
+    import tensorflow_datasets as tfds
+
+    builder = _builder(name, data_dir)
+    prepare(name, builder, manual_dir)
     splits = builder.info.splits
     if splits and split not in splits:
         raise UsageError(f"TFDS {name!r} has no split {split!r}; it has {sorted(splits)}")
     try:
         ds = builder.as_dataset(split=split, shuffle_files=False,
                                 decoders={"image": tfds.decode.SkipDecoding()})
-    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError):
-        raise _not_prepared(name, builder) from None
+    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
+        raise UsageError(f"TFDS {name!r} in {builder.data_dir} cannot be read "
+                         f"({type(e).__name__}); remove that folder to prepare it again, or "
+                         "pass --data_dir=FOLDER of images") from None
     return ds, builder
 
 

@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
-from mobile_pirl_tf.core.config import ExportConfig
 from mobile_pirl_tf.core.errors import UsageError
+from mobile_pirl_tf.core.export_config import ExportConfig
 from mobile_pirl_tf.core.records import atomic_write, write_json
 from mobile_pirl_tf.data import labelled, sources
 from mobile_pirl_tf.deployment import tflite

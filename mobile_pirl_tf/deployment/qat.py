@@ -25,7 +25,8 @@ the package writes `import keras`, Keras 3, and never `tf.keras`).
    the linear probe sees: plain MSE lets a few large features drown the small ones). Chosen
    over the PIRL loss because it needs no memory bank or heads, cannot drift away from the
    representation that was evaluated in float, and targets exactly what quantization damages
-   (the features), so a few epochs on a few thousand images suffice (`config.QAT_IMAGES`).
+   (the features), so a few epochs on a few thousand images suffice
+   (`core.export_config.QAT_IMAGES`).
 Before distilling, `calibrate_ranges` sets every weight and activation range from the weights
 and the data (tfmot's initial ranges are far off), activation ranges from per-batch extremes
 robust to one unusual image, so the fake-quantized model starts at or above post-training int8

@@ -20,8 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mobile_pirl_tf.core.config import PROTOCOLS
 from mobile_pirl_tf.core.errors import UsageError
+from mobile_pirl_tf.core.eval_config import PROTOCOLS
 from mobile_pirl_tf.core.progress import Progress
 from mobile_pirl_tf.core.records import DamagedRecord, read_json, write_json
 from mobile_pirl_tf.evaluation import features
