@@ -5,10 +5,11 @@
     python evaluate.py --baseline=random --backbone=mobilenetv3small --image_size=64 \\
         --data_dir=DATA --output_dir=runs/random
     python evaluate.py --baseline=supervised --supervised_minutes=20 ...
-    python evaluate.py --model_dir=runs/pirl --data_dir=DATA --protocol=finetune \
+    python evaluate.py --model_dir=runs/pirl --data_dir=DATA --protocol=finetune \\
         --label_fraction=0.01,0.1        # few labels: fine-tuned vs from scratch
 
-DATA holds train/<class>/... and test/<class>/... Features are cached beside the encoder.
+DATA holds train/<class>/... and test/<class>/... (or val/<class>/...). Features are cached
+in <output_dir>/features (output_dir defaults to the model folder; only it is written).
 A PIRL model is reported beside its baselines in <output_dir>/baselines/: random init is
 computed when missing (cheap); supervised when --supervised_epochs or --supervised_minutes is
 given (or found there from an earlier run).
@@ -19,7 +20,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mobile_pirl_tf.core import cli, config, eval_config, records  # noqa: E402 - TensorFlow is imported in main
+from mobile_pirl_tf.core import cli, config, eval_config, paths, records  # noqa: E402 - TensorFlow is imported in main
 from mobile_pirl_tf.core.errors import UsageError  # noqa: E402 - TensorFlow is imported in main
 
 cli.define_flags(eval_config.EvalConfig)
@@ -38,12 +39,24 @@ def _baseline_encoder(kind, backbone, image_size, width, train, output_dir, cfg)
         spec.update(epochs=cfg.supervised_epochs, minutes=cfg.supervised_minutes,
                     batch_size=cfg.supervised_batch_size)
     path, spec_path = (os.path.join(output_dir, n) for n in ("encoder.keras", "baseline.json"))
-    stored = records.read_json(spec_path, {})
+    try:
+        stored = records.read_json(spec_path, {})
+    except records.DamagedRecord as e:  # what the encoder beside it is cannot be known: redo
+        logging.warning("%s; set aside with the encoder beside it, the %s baseline is computed "
+                        "again", e, kind)
+        records.set_aside(spec_path)
+        if os.path.exists(path):
+            records.set_aside(path)
+        stored = {}
     # What was asked for decides reuse; what training did (epochs run in a time budget, ...)
     # is kept apart under "trained" (older files mixed it in: their "epochs" was the count run).
     asked = stored.get("asked", stored)
     if {k: asked.get(k) for k in spec} == spec and os.path.exists(path):
-        return keras.models.load_model(path), path
+        try:
+            return keras.models.load_model(path), path
+        except Exception as e:  # noqa: BLE001 - a damaged file, whatever Keras raises
+            logging.warning("%s is damaged (%s); set aside as %s, the %s baseline is computed "
+                            "again", path, type(e).__name__, records.set_aside(path), kind)
     if os.path.exists(path):
         raise UsageError(f"--output_dir={output_dir} already holds another encoder.keras "
                          f"(a {asked.get('baseline', '?')} baseline of other settings: "
@@ -75,8 +88,10 @@ def _evaluate(encoder, path, train, test, protocol, output_dir, cfg, label, suff
     else:
         bn_images = cfg.bn_recalibration_images
         suffix += f"_bn{cfg.bn_recalibration_images}"
+    # Features are cached under the output folder: a model folder is only read.
     return probes.evaluate_encoder(encoder, path, train, test, protocol, output_dir, cfg.seed,
-                                   label=label, bn_images=bn_images, file_suffix=suffix)
+                                   cache_dir=os.path.join(output_dir, "features"), label=label,
+                                   bn_images=bn_images, file_suffix=suffix)
 
 
 def _run_config(encoder_path):
@@ -165,6 +180,8 @@ def main(argv):
                              f"size {size}; drop the flag or pass the matching encoder")
         output_dir = cfg.output_dir or cfg.model_dir or os.path.dirname(os.path.abspath(path))
         label = "pirl"
+    paths.writable_dir(output_dir, "--output_dir" if cfg.output_dir else
+                       "--output_dir (default: the model folder)")
 
     from mobile_pirl_tf.evaluation import finetune
 

@@ -156,7 +156,9 @@ def run(main, doc):
             logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices
             from absl import logging as absl_logging
 
-            absl_logging.get_absl_handler().addFilter(output.own_or_serious)
+            handler = absl_logging.get_absl_handler()
+            handler.addFilter(output.own_or_serious)
+            handler.setFormatter(output.ToolFormatter())
         try:
             with output.framework_quiet():
                 return main(argv)

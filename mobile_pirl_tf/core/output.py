@@ -60,6 +60,16 @@ def framework_quiet():
         os.close(saved)
 
 
+class ToolFormatter(logging.Formatter):
+    """A tool's log lines as the user reads them: the message alone for information, "LEVEL
+    message" for warnings and errors (no timestamp, thread or source file)."""
+
+    def format(self, record):
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else \
+            f"{record.levelname} {message}"
+
+
 def own_or_serious(record):
     """Log records of this project (any level) and anyone's warnings and errors."""
     return record.levelno >= logging.WARNING or os.path.abspath(record.pathname).startswith(REPO)

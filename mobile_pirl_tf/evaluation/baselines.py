@@ -67,9 +67,9 @@ def supervised_encoder(backbone_name, image_size, train_split, epochs=30, budget
         initial_weights = model.get_weights()
         compile_for(1)
         probe = 6
-        model.fit(ds.take(2), verbose=0)
+        model.fit(ds.take(2), verbose=0, shuffle=False)
         t = time.time()
-        model.fit(ds.take(probe), verbose=0)
+        model.fit(ds.take(probe), verbose=0, shuffle=False)
         per_step = (time.time() - t) / probe
         remaining = budget_seconds - (time.time() - started)
         epochs = int(max(1, min(epochs, remaining / per_step // steps_per_epoch)))
@@ -77,7 +77,8 @@ def supervised_encoder(backbone_name, image_size, train_split, epochs=30, budget
                      per_step, epochs, budget_seconds)
         model.set_weights(initial_weights)  # the probe steps do not count as training
     compile_for(epochs * steps_per_epoch)
-    history = model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose)
+    history = model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
+                        shuffle=False)  # the dataset shuffles itself
     info = {"epochs": epochs, "train_seconds": round(time.time() - started, 1),
             "final_train_accuracy": float(history.history["accuracy"][-1])}
     return backbones.build_encoder(backbone, image_size), info

@@ -124,7 +124,7 @@ def train_classifier(encoder, train, image_size, backbone_lr_ratio, seed=0,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with Progress(f"fine-tuning on {len(train.labels)} images (steps)", steps) as progress:
         model.fit(baselines.supervised_dataset(train, image_size, batch, seed), epochs=1,
-                  steps_per_epoch=steps, verbose=verbose,
+                  steps_per_epoch=steps, verbose=verbose, shuffle=False,  # the data shuffles
                   callbacks=[probes.keras_callback(progress, per="batch")])
     features.recalibrate(encoder, train, image_size, len(train.labels), seed=seed)
     return model, steps

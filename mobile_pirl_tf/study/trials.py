@@ -6,6 +6,10 @@ are the source of truth: trials missing from the storage (a new machine, a new s
 added from them (`sync`)."""
 
 import logging
+import os
+
+from mobile_pirl_tf.core.errors import UsageError
+from mobile_pirl_tf.core.records import set_aside
 
 STUDY_NAME = "mobile-pirl"
 
@@ -13,10 +17,23 @@ STUDY_NAME = "mobile-pirl"
 class TrialLog:
     def __init__(self, storage):
         import optuna
+        import sqlalchemy
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.create_study(study_name=STUDY_NAME, storage=storage,
-                                         direction="maximize", load_if_exists=True)
+        try:
+            self.study = optuna.create_study(study_name=STUDY_NAME, storage=storage,
+                                             direction="maximize", load_if_exists=True)
+        except sqlalchemy.exc.DatabaseError as e:
+            path = storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else None
+            if not path or not os.path.exists(path):
+                raise UsageError(f"--storage={storage} cannot be used "
+                                 f"({str(e).splitlines()[0][:160]})") from None
+            # A mirror of the records: set aside and rebuilt from them (`sync`).
+            logging.warning("%s is damaged (%s); set aside as %s, its trials are rebuilt from "
+                            "the records", path, str(e.orig if hasattr(e, "orig") else e)[:80],
+                            set_aside(path))
+            self.study = optuna.create_study(study_name=STUDY_NAME, storage=storage,
+                                             direction="maximize")
         self.known = {t.user_attrs.get("run") for t in self.study.get_trials(deepcopy=False)}
 
     def record(self, stage, role, run, result):

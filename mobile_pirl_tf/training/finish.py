@@ -12,6 +12,7 @@
 """
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Any, Callable, Dict, Optional
@@ -19,7 +20,13 @@ from typing import Any, Callable, Dict, Optional
 import tensorflow as tf
 
 from mobile_pirl_tf.core.config import TrainConfig
-from mobile_pirl_tf.core.records import atomic_path, read_json, write_json
+from mobile_pirl_tf.core.records import (
+    DamagedRecord,
+    atomic_path,
+    read_json,
+    set_aside,
+    write_json,
+)
 from mobile_pirl_tf.data import sources
 from mobile_pirl_tf.models import backbones, batchnorm
 from mobile_pirl_tf.training import callbacks, cluster, run_folder
@@ -83,16 +90,29 @@ def check_encoder_finite(encoder, source, seed, images=8):
             "rerun with a lower --learning_rate (it may change on resume)")
 
 
+def _read_record(path, lost):
+    """The JSON record at path (None when absent); a damaged one is set aside as
+    <path>.damaged with a warning saying what is lost (`lost`), and None returned."""
+    try:
+        return read_json(path)
+    except DamagedRecord as e:
+        logging.warning("%s; set aside as %s: %s", e, set_aside(path), lost)
+        return None
+
+
 def saved_history(model_dir):
     """The per-epoch history kept so far: history.json (written at every checkpoint), else an
     older run's run.json."""
-    saved = read_json(os.path.join(model_dir, HISTORY_NAME))
+    saved = _read_record(os.path.join(model_dir, HISTORY_NAME),
+                         "earlier epochs' loss terms come from run.json where it has them")
     return saved if saved is not None else previous_run(model_dir).get("history", {})
 
 
 def previous_run(model_dir):
     """The run.json of an earlier invocation ({} when there is none)."""
-    return read_json(os.path.join(model_dir, RUN_NAME), {})
+    return _read_record(os.path.join(model_dir, RUN_NAME),
+                        "a new run.json is written (earlier learning-rate changes and wall "
+                        "times it listed are lost)") or {}
 
 
 def finish(run: TrainedRun):
@@ -125,7 +145,9 @@ def finish(run: TrainedRun):
     history = {k: saved.get(k, [])[:run.initial_epoch] + v
                for k, v in run.history.items()} or saved
     summary = {
-        "config": run_folder.recorded(config),
+        # A rerun asking for fewer epochs than were done trains none: the run has the more.
+        "config": {**run_folder.recorded(config),
+                   "epochs": max(config.epochs, run.epochs_done)},
         "num_examples": run.source.num_examples,
         "skipped_files": run.source.skipped,
         "steps_per_epoch": run.steps_per_epoch,

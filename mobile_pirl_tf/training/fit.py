@@ -21,6 +21,7 @@
 """
 
 import contextlib
+import glob
 import logging
 import os
 import sys
@@ -93,20 +94,52 @@ def open_run(config, num_examples, steps_per_epoch, strategy, backbone_fn=None,
                      (config.schedule_epochs or config.epochs) * steps_per_epoch)
         build_variables(model, config)
         epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    manager = tf.train.CheckpointManager(make_checkpoint(model, epoch_variable),
-                                         os.path.join(save_dir or config.model_dir,
-                                                      "checkpoints"),
-                                         max_to_keep=3)
-    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
-    if latest:
-        manager.checkpoint.restore(latest).assert_existing_objects_matched()
+    checkpoint = make_checkpoint(model, epoch_variable)
+    restore_newest_readable(checkpoint, os.path.join(config.model_dir, "checkpoints"))
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(save_dir or config.model_dir,
+                                                                  "checkpoints"), max_to_keep=3)
     return model, epoch_variable, manager
 
 
-def _progress_verbosity(config):
+def _checkpoint_number(path):
+    return int(path.rsplit("-", 1)[1].split(".")[0])
+
+
+def restore_newest_readable(checkpoint, directory):
+    """Restores the newest checkpoint of `directory` that reads back; a damaged one (truncated,
+    emptied, overwritten) is set aside as <file>.damaged with a warning and the one before it
+    is used (`max_to_keep` keeps three). Returns the restored path, or None (no checkpoint: the
+    run starts at epoch 0, warned when damaged ones were set aside)."""
+    indexes = glob.glob(os.path.join(directory, "ckpt-*.index"))  # the state file may be damaged
+    candidates = sorted((p[:-len(".index")] for p in indexes), key=_checkpoint_number,
+                        reverse=True)
+    for path in candidates:
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except Exception as e:  # noqa: BLE001 - whatever a damaged file raises
+            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            logging.warning("checkpoint %s is damaged (%s); set aside as .damaged, trying the "
+                            "one before it", path, reason)
+            for name in glob.glob(path + ".*"):
+                os.replace(name, name + ".damaged")
+            continue
+        kept = [p for p in candidates if os.path.exists(p + ".index")]
+        tf.compat.v1.train.update_checkpoint_state(directory, path, list(reversed(kept)))
+        return path
+    if candidates:
+        logging.warning("no readable checkpoint is left in %s: training starts again at epoch 0",
+                        directory)
+    return None
+
+
+def _progress(config, steps_per_epoch):
+    """(Keras' verbosity, our callbacks): --verbose when given; else a bar on a terminal, and
+    in a log `callbacks.LogProgress`'s lines (at most every 30 s inside an epoch)."""
     if config.verbose is not None:
-        return config.verbose
-    return 1 if sys.stdout.isatty() else 2
+        return config.verbose, []
+    if sys.stdout.isatty():
+        return 1, []
+    return 0, [callbacks.LogProgress(config.epochs, steps_per_epoch)]
 
 
 @contextlib.contextmanager
@@ -144,12 +177,14 @@ def _fit(model, config, source, steps_per_epoch, initial_epoch, manager, epoch_v
         write_json(os.path.join(out_dir, finish.HISTORY_NAME), history)
 
     # The handed-in callbacks (the kNN monitor) first, so what they log is recorded.
+    verbose, progress = _progress(config, steps_per_epoch)
     fit_callbacks = list(extra_callbacks) + [
-        callbacks.EpochCheckpoint(manager, epoch_variable, record),
-        keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch")]
+        callbacks.EpochCheckpoint(manager, epoch_variable, record, steps_per_epoch),
+        keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),
+        *progress]
     history = model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
                         steps_per_epoch=steps_per_epoch, callbacks=fit_callbacks, shuffle=False,
-                        verbose=_progress_verbosity(config))
+                        verbose=verbose)
     return {k: [float(x) for x in v] for k, v in history.history.items()}
 
 
@@ -175,6 +210,9 @@ def train(config: TrainConfig, backbone_fn=None, extra_callbacks=()):
     keras.utils.set_random_seed(config.seed)
     source = sources.make_source(config.dataset, config.data_dir, config.tfds_data_dir,
                                  config.tfds_manual_dir)
+    if source.num_examples < 2:
+        raise UsageError(f"PIRL needs at least 2 training images (each one's negatives are the "
+                         f"others); {source.name} has {source.num_examples}")
     steps_per_epoch = source.num_examples // config.batch_size
     if steps_per_epoch == 0:
         raise UsageError(f"--batch_size={config.batch_size} is larger than the data set "

@@ -20,7 +20,8 @@ import socket
 
 from mobile_pirl_tf.core.config import TrainConfig
 from mobile_pirl_tf.core.errors import UsageError
-from mobile_pirl_tf.core.records import TMP_SUFFIX, read_json, write_json
+from mobile_pirl_tf.core.paths import writable_dir
+from mobile_pirl_tf.core.records import TMP_SUFFIX, DamagedRecord, read_json, write_json
 
 LOCK_NAME = "run.lock"
 CONFIG_NAME = "config.json"
@@ -45,9 +46,12 @@ def _refuse_foreign(model_dir):
 @contextlib.contextmanager
 def run_lock(model_dir):
     """Holds model_dir/run.lock for one process: a second train.py on the folder is refused in
-    one line naming the holder. An flock, so a killed holder never leaves it stuck."""
+    one line naming the holder. An flock, so a killed holder never leaves it stuck. An unusable
+    folder (a file, under a file, read-only, ...) is one line; a folder this call created is
+    removed again when the run fails before its first checkpoint (a refused run leaves
+    nothing behind)."""
     _refuse_foreign(model_dir)
-    os.makedirs(model_dir, exist_ok=True)
+    created = writable_dir(model_dir, "--model_dir")
     handle = open(os.path.join(model_dir, LOCK_NAME), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -63,6 +67,10 @@ def run_lock(model_dir):
     handle.flush()
     try:
         yield
+    except BaseException:
+        if created and not glob.glob(os.path.join(model_dir, "checkpoints", "*.index")):
+            shutil.rmtree(model_dir, ignore_errors=True)
+        raise
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
@@ -106,7 +114,12 @@ def prepare(config, num_examples):
     """
     path = os.path.join(config.model_dir, CONFIG_NAME)
     wanted = {**recorded(config), "num_examples": num_examples}
-    stored = read_json(path)
+    try:
+        stored = read_json(path)
+    except DamagedRecord as e:
+        raise UsageError(f"{e}: it holds the run's settings, so this rerun cannot check them "
+                         f"against its flags; delete {path} to resume with the flags given (the "
+                         "checkpoints must match them) or use a new --model_dir") from None
     if stored is not None:
         # A field added after that run was made takes its default (the run used it).
         stored = {**dataclasses.asdict(TrainConfig()), **stored}
@@ -120,7 +133,6 @@ def prepare(config, num_examples):
             return {"from": stored["learning_rate"], "to": config.learning_rate}
         return {}
     _refuse_foreign(config.model_dir)
-    os.makedirs(config.model_dir, exist_ok=True)
     write_json(path, wanted)
     return {}
 
