@@ -85,8 +85,15 @@ def export_encoder(encoder, out_dir, source, config: ExportConfig, probe_splits=
                              f"{source.name} gave {len(calibration)}; point the data flags at a "
                              "larger set (or pass a smaller --calibration_images to accept it)")
     held_out = sources.sample_images(source, c.agreement_images, size, seed, skip=len(calibration))
-    if len(held_out) == 0:
+    overlap = len(held_out) == 0
+    if overlap:  # every image went to calibration: the check is then on calibration images
         held_out = sources.sample_images(source, c.agreement_images, size, seed)
+        log(f"warning: {source.name} has no image left after the {len(calibration)} "
+            "calibration images: the agreement check uses calibration images, on which int8 is "
+            "at its best (optimistic); give more images or a smaller --calibration_images")
+    elif len(held_out) < c.agreement_images:
+        log(f"warning: only {len(held_out)} held-out images for the agreement check "
+            f"(--agreement_images={c.agreement_images}); the rest went to calibration")
     reference = np.asarray(encoder.predict(held_out, verbose=0, batch_size=32))
     spread = feature_spread(reference)
     if spread < LOW_FEATURE_SPREAD:
@@ -101,6 +108,7 @@ def export_encoder(encoder, out_dir, source, config: ExportConfig, probe_splits=
 
     report = {"encoder_input": size, "backbone": c.backbone, "variants": {},
               "calibration_images": int(len(calibration)), "agreement_images": int(len(held_out)),
+              "agreement_overlaps_calibration": overlap,
               "int8_io": c.int8_io, "data": source.name, "threads": list(threads),
               "latency_runs": c.latency_runs, "min_cosine": MIN_COSINE,
               "feature_spread": spread, "bn_recalibration_images": c.recalibrate_bn_images}
