@@ -31,6 +31,8 @@ SET_ASIDE = {"history.json", "run.json", "checkpoints/ckpt-2.index",
 REWRITTEN = {"encoder.keras", "checkpoints/checkpoint", "eval_linear.json",
              "baselines/random/encoder.keras", "baselines/random/eval_linear.json"}
 CACHES = ("features/", "baselines/random/features/", "logs/")  # recomputed or not read
+OLDER = {"checkpoints/ckpt-1.index",            # read only when the newer one is damaged
+         "checkpoints/ckpt-1.data-00000-of-00001"}
 NOT_RECORDS = {"run.lock"}                      # the lock holds no content anyone reads
 DAMAGES = (lambda b: b[:len(b) // 2], lambda b: b"", lambda b: b"\x00garbage\xff" * 7)
 
@@ -75,7 +77,7 @@ def copy_of(run, tmp_path):
 
 def test_every_file_the_tools_write_has_a_recovery(written):
     run, files = written
-    known = REFUSED | SET_ASIDE | REWRITTEN | NOT_RECORDS
+    known = REFUSED | SET_ASIDE | REWRITTEN | OLDER | NOT_RECORDS
     unknown = [f for f in files if f not in known and not f.startswith(CACHES)]
     assert not unknown, f"give these files a category in test_faults.py: {unknown}"
 
@@ -105,6 +107,17 @@ def test_damaged_train_records_and_checkpoints_are_recovered(written, tmp_path, 
     from mobile_pirl_tf.models import backbones
 
     backbones.load_encoder(str(run))  # the encoder was written again
+
+
+def test_when_every_checkpoint_is_damaged_training_starts_again_with_a_warning(
+        written, tmp_path, image_folder, caplog):
+    run = copy_of(written[0], tmp_path)
+    for i, name in enumerate(sorted(SET_ASIDE | OLDER)):
+        if name.startswith("checkpoints/"):
+            damage(run / name, i)
+    summary = fit.train(config(run, image_folder))
+    assert summary["resumed_from_epoch"] == 0 and summary["epochs_done"] == 2
+    assert "no readable checkpoint is left" in caplog.text
 
 
 def test_damaged_evaluation_files_are_recomputed(written, tmp_path, labelled_folder):
