@@ -41,7 +41,7 @@ def free_ports(count):
     return ports
 
 
-def start_workers(model_dir, data_dir, epochs, tmp_root):
+def start_workers(model_dir, data_dir, epochs, tmp_root, extra=()):
     """Two train.py workers of one cluster; their temporary folders go under tmp_root."""
     ports = free_ports(2)
     workers = []
@@ -51,7 +51,7 @@ def start_workers(model_dir, data_dir, epochs, tmp_root):
         env = {**os.environ, "TF_CONFIG": json.dumps(spec), "TMPDIR": str(tmp_root)}
         workers.append(subprocess.Popen(
             [sys.executable, "train.py", "--strategy=multi_worker", f"--data_dir={data_dir}",
-             f"--model_dir={model_dir}", f"--epochs={epochs}", *ARGS],
+             f"--model_dir={model_dir}", f"--epochs={epochs}", *ARGS, *extra],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return workers
 
@@ -81,39 +81,16 @@ def checkpoint_tensors(path):
 
 
 @pytest.mark.slow
-def test_two_workers_equal_one_process_and_write_only_in_the_chief(
+def test_two_workers_a_killed_one_a_resume_and_one_process_on_two_devices_agree(
         tmp_path, image_folder, monkeypatch):
+    """One two-worker run checks it all: killing worker 1 after the first checkpoint stops
+    worker 0 with one line; rerunning both resumes from the chief's last checkpoint and writes
+    only the chief's files; the resumed run equals one process running the same global batch
+    on two devices (per-replica batch-norm statistics, as on two workers)."""
     model_dir, tmp_root = tmp_path / "run", tmp_path / "worker-tmp"
     tmp_root.mkdir()
-    results = finish(start_workers(model_dir, image_folder, 2, tmp_root))
-    assert [code for code, _ in results] == [0, 0], results
-    assert set(os.listdir(model_dir)) == CHIEF_FILES  # only the chief's files
-    assert worker_folders(tmp_root) == []  # the other worker removed its temporary folder
-    run = json.load(open(model_dir / "run.json"))
-    assert run["replicas"] == 2 and run["epochs_done"] == 2
-
-    # One process, the same global batch of 8 on two devices (per-replica batch-norm
-    # statistics, as on two workers): the same weights, optimizer state and memory bank.
-    monkeypatch.setattr(cluster, "make_strategy", lambda name, tpu="":
-                        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-    reference = tmp_path / "reference"
-    training.train(training.TrainConfig(data_dir=image_folder, model_dir=str(reference),
-                                        epochs=2, **SETTINGS))
-    ours = checkpoint_tensors(str(model_dir / "checkpoints" / "ckpt-2"))
-    theirs = checkpoint_tensors(str(reference / "checkpoints" / "ckpt-2"))
-    assert ours.keys() == theirs.keys() and len(ours) > 100
-    for name in ours:
-        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
-    assert "memory_bank/.ATTRIBUTES/VARIABLE_VALUE" in ours
-
-
-@pytest.mark.slow
-def test_a_killed_worker_stops_the_other_with_one_line_and_both_rerun_resume(
-        tmp_path, image_folder):
-    model_dir, tmp_root = tmp_path / "run", tmp_path / "worker-tmp"
-    tmp_root.mkdir()
-    workers = start_workers(model_dir, image_folder, 1000, tmp_root)
+    schedule = ["--schedule_epochs=1000"]  # one schedule, whatever --epochs each call asks
+    workers = start_workers(model_dir, image_folder, 1000, tmp_root, schedule)
     first = model_dir / "checkpoints" / "ckpt-1.index"
     deadline = time.monotonic() + TIMEOUT
     while not first.exists() and time.monotonic() < deadline:
@@ -128,17 +105,30 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_both_rerun_resume(
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "a worker of the cluster stopped" in errors[0], err[-2000:]
     assert "rerun the same command on every worker" in errors[0]
-
     print(f"the surviving worker stopped {took:.1f} s after the kill")
 
-    # Rerunning both resumes from the last checkpoint the chief finished.
     done = int(tf.train.latest_checkpoint(str(model_dir / "checkpoints")).rsplit("-", 1)[1])
-    results = finish(start_workers(model_dir, image_folder, done + 1, tmp_root))
+    results = finish(start_workers(model_dir, image_folder, done + 1, tmp_root, schedule))
     assert [c for c, _ in results] == [0, 0], results
     run = json.load(open(model_dir / "run.json"))
     assert run["resumed_from_epoch"] == done and run["epochs_done"] == done + 1
-    # The killed worker's temporary folder is removed by the next worker on the machine.
+    assert run["replicas"] == 2
+    # Only the chief's files; the killed worker's temporary folder is removed by the next
+    # worker on the machine, the other's by itself.
     assert set(os.listdir(model_dir)) == CHIEF_FILES and worker_folders(tmp_root) == []
+
+    monkeypatch.setattr(cluster, "make_strategy", lambda name, tpu="":
+                        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    reference = tmp_path / "reference"
+    training.train(training.TrainConfig(data_dir=image_folder, model_dir=str(reference),
+                                        epochs=done + 1, schedule_epochs=1000, **SETTINGS))
+    ours = checkpoint_tensors(str(model_dir / "checkpoints" / f"ckpt-{done + 1}"))
+    theirs = checkpoint_tensors(str(reference / "checkpoints" / f"ckpt-{done + 1}"))
+    assert ours.keys() == theirs.keys() and len(ours) > 100
+    for name in ours:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+    assert "memory_bank/.ATTRIBUTES/VARIABLE_VALUE" in ours
 
 
 def test_multi_worker_without_a_cluster_spec_is_one_line(monkeypatch):

@@ -152,9 +152,8 @@ def test_damaged_study_caches_are_rebuilt(tmp_path):
 # --- odd inputs and unusable folders ---------------------------------------------------------
 
 def test_images_only_pillow_reads_are_skipped_and_named_and_every_epoch_is_full(tmp_path):
-    from PIL import Image
-
     from conftest import write_image_folder
+    from PIL import Image
 
     folder = tmp_path / "imgs"
     write_image_folder(str(folder), num_images=8)
