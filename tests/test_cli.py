@@ -123,8 +123,8 @@ def test_framework_output_is_dropped_unless_verbose(tmp_path):
     quiet = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert quiet.returncode == 2
     assert quiet.stderr.strip().splitlines() == [
-        f"error: --data_dir={tmp_path} holds no readable image (.jpg, .jpeg, .png, .bmp, .gif, "
-        ".webp); 0 corrupt, 0 other files"], quiet.stderr
+        f"error: --data_dir={tmp_path} holds no image TensorFlow can read (.jpg, .jpeg, .png, "
+        ".bmp, .gif, .webp); no other file"], quiet.stderr
     loud = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO,
                           env={**os.environ, "MOBILE_PIRL_VERBOSE": "1",
                                "TF_CPP_MIN_LOG_LEVEL": "0"})

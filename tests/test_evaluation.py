@@ -86,10 +86,14 @@ def test_report_fields_and_feature_cache(encoder_dir, labelled_folder, monkeypat
 def test_error_cases(tmp_path, labelled_folder):
     with pytest.raises(UsageError, match="no encoder"):
         backbones.load_encoder(str(tmp_path))
-    with pytest.raises(UsageError, match="no train/ folder"):
+    with pytest.raises(UsageError, match="no train/"):
         labelled.folder_splits(str(tmp_path))
     write_labelled_folder(str(tmp_path / "bad"))
     os.makedirs(tmp_path / "bad" / "test" / "purple")
+    labelled.folder_splits(str(tmp_path / "bad"))  # an empty class folder is not a class
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "purple").save(tmp_path / "bad" / "test" / "purple" / "a.png")
     with pytest.raises(UsageError, match="test has classes that train/ lacks: purple"):
         labelled.folder_splits(str(tmp_path / "bad"))
 
@@ -116,7 +120,11 @@ def test_knn_monitor_logs_knn_top1(tmp_path, image_folder, labelled_folder):
                                   epochs=1, steps_per_epoch=2, num_negatives=16,
                                   data_dir=image_folder, model_dir=str(tmp_path / "run"),
                                   monitor_data_dir=labelled_folder, verbose=0)
-    summary = training.train(config)
+    from mobile_pirl_tf.evaluation.monitor import KNNMonitor
+
+    with pytest.raises(UsageError, match="--monitor_data_dir needs the kNN monitor"):
+        training.train(config)  # a library call that forgets to hand it in is told so
+    summary = training.train(config, extra_callbacks=[KNNMonitor(labelled_folder, 32)])
     assert 0.0 <= summary["history"]["knn_top1"][0] <= 1.0
 
 

@@ -20,6 +20,7 @@ from mobile_pirl_tf.core.config import TrainConfig
 from mobile_pirl_tf.core.errors import UsageError
 from mobile_pirl_tf.training import fit
 
+pytestmark = pytest.mark.slow  # real runs, damaged and rerun: the full suite, not the quick lane
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # What a rerun does with each file train.py or evaluate.py writes, when it is damaged

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -96,8 +97,10 @@ def test_every_readme_command_runs_as_written_on_tiny_data(tmp_path):
             args[0] = os.path.join(REPO, args[0])
         elif args[:2] == ["-c", RUNNER]:
             args[2] = os.path.join(REPO, args[2])
+        started = time.monotonic()
         result = subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True,
                                 text=True, timeout=900)
+        print(f"{time.monotonic() - started:6.1f} s  {command}")
         assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
         assert "Traceback" not in result.stderr, command
     assert os.path.exists(work / "runs" / "first" / "export" / "int8.tflite")

@@ -92,6 +92,11 @@ def decoded_bytes(paths, stop_above=None):
     return total
 
 
+def _printable(name):
+    """A file name as text that any stream can carry (bytes that are not UTF-8 as \\xNN)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _utf8(name):
     try:
         name.encode("utf-8")
@@ -112,11 +117,14 @@ class Scan:
     def summary(self, shown=3):
         """"4 skipped: 2 not images, 1 corrupt, ... (a.bmp: 1-bit BMP ..., ...)"."""
         counts = collections.Counter(reason for _, reason in self.skipped)
-        named = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in self.skipped[:shown])
+        named = "; ".join(f"{_printable(os.path.basename(p))}: {r}"
+                          for p, r in self.skipped[:shown])
         more = f"; and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
         text = ", ".join(f"{n} {r}" for r, n in counts.most_common())
         dirs = (f"; {self.repeated_dirs} directories reached twice through links listed once"
                 if self.repeated_dirs else "")
+        if not self.skipped:
+            return f"no other file{dirs}"
         return f"skipped {len(self.skipped)} files ({text}) [{named}{more}]{dirs}"
 
 

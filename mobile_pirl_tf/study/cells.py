@@ -143,7 +143,6 @@ class CellRunner:
         write_json(self.record_path(run), result)
         if not self.keep_checkpoints:
             shutil.rmtree(os.path.join(self.run_dir(run), "checkpoints"), ignore_errors=True)
-        clear_session()
         return result
 
     def score(self, run):
@@ -168,6 +167,7 @@ class CellRunner:
                       steps_per_epoch=summary["steps_per_epoch"],
                       train_seconds=round(trained - started, 1),
                       probe_seconds=round(time.time() - trained, 1))
+        clear_session()  # every run builds a new model: free the last one's graphs
         return result
 
     def _probe(self, encoder, path, seed, bn_images):
@@ -204,7 +204,6 @@ class CellRunner:
                       date=datetime.date.today().isoformat())
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_json(path, result)
-        clear_session()
         return result
 
     def score_baseline(self, backbone, seed=0):
@@ -213,4 +212,6 @@ class CellRunner:
         from mobile_pirl_tf.evaluation import baselines, features
 
         encoder = baselines.random_encoder(backbone, self.base.image_size, seed=seed)
-        return self._probe(encoder, "", seed, bn_images=features.BN_RECALIBRATION_IMAGES)
+        result = self._probe(encoder, "", seed, bn_images=features.BN_RECALIBRATION_IMAGES)
+        clear_session()
+        return result

@@ -203,6 +203,9 @@ def train(config: TrainConfig, backbone_fn=None, extra_callbacks=()):
       cluster, a short summary (the chief writes the run).
     """
     config.validate()
+    if config.monitor_data_dir and not extra_callbacks:
+        raise UsageError("--monitor_data_dir needs the kNN monitor, which train.py hands in; "
+                         "from Python pass extra_callbacks=[evaluation.monitor.KNNMonitor(...)]")
     started = time.time()
     # First: a multi-worker strategy configures the collectives before TensorFlow runs anything.
     strategy = cluster.make_strategy(config.strategy, config.tpu)
