@@ -5,6 +5,7 @@ STL-10 comes from `tfds.testing.mock_data` (its download is what test_data.py fa
 are not Python (the data download, `export`) are shown to the reader, not run here; the test
 command itself is not run from inside the tests."""
 
+import json
 import os
 import re
 import subprocess
@@ -103,6 +104,15 @@ def test_every_readme_command_runs_as_written_on_tiny_data(tmp_path):
         print(f"{time.monotonic() - started:6.1f} s  {command}")
         assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
         assert "Traceback" not in result.stderr, command
+        # The tools' own lines only: no framework start-up lines, no absl prefix
+        # ("I1204 20:45:38.821004 1402 data.py:146]"), no leaked Keras warning.
+        output = result.stdout + result.stderr
+        for framework in ("I0000", "E0000", "W0000", "absl::InitializeLog", "cuda", "oneDNN",
+                          "retracing", "functional_saver", "shuffle"):
+            assert framework not in output, (command, framework)
+        assert re.search(r"^[IWE]\d{4} \d\d:\d\d", output, re.M) is None, (command, output)
     assert os.path.exists(work / "runs" / "first" / "export" / "int8.tflite")
     assert os.path.exists(work / "runs" / "first" / "eval_finetune.json")
     assert os.path.exists(work / "runs" / "pirl" / "encoder.keras")  # the headline's run
+    final = json.load(open(work / "runs" / "first" / "run.json"))["final"]
+    assert "loss_image" in final and "nce_log_z" not in final  # InfoNCE: no NCE normaliser

@@ -317,6 +317,14 @@ def test_plan_costs_what_is_left_and_says_what_the_seeds_buy(tmp_path):
     assert plan.plan(study)["A"].runs == 0
 
 
+def test_a_finished_study_plans_nothing_left_to_train(tmp_path):
+    study, _ = injected_study(tmp_path)
+    study.run()
+    plans = plan.plan(study)
+    for stage in ("A", "B", "C"):
+        assert plans[stage].runs == 0 and plans[stage].expected == 0, stage
+
+
 def test_costs_fall_back_to_defaults_scaled_by_size_and_batch(tmp_path):
     base = study_base()
     costs = Costs(str(tmp_path / "costs.json"), base, steps_per_epoch=10, eval_images=100)
