@@ -21,7 +21,8 @@ README = os.path.join(REPO, "README.md")
 # Runs a tool under TFDS's mock data (the download is replaced; see test_data.py for a real
 # prepare from a faked archive): python -c RUNNER script.py --flags...
 RUNNER = """
-import runpy, sys
+import os, runpy, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as train.py does before TensorFlow loads
 import tensorflow_datasets as tfds
 from mobile_pirl_tf.data import sources
 sources.network_reachable = lambda: True  # mock_data replaces the download itself
