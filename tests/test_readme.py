@@ -21,14 +21,25 @@ README = os.path.join(REPO, "README.md")
 # Runs a tool under TFDS's mock data (the download is replaced; see test_data.py for a real
 # prepare from a faked archive): python -c RUNNER script.py --flags...
 RUNNER = """
-import os, runpy, sys
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as train.py does before TensorFlow loads
-import tensorflow_datasets as tfds
-from mobile_pirl_tf.data import sources
-sources.network_reachable = lambda: True  # mock_data replaces the download itself
+import runpy, sys
+from mobile_pirl_tf.core import cli
+
+real_run = cli.run
+
+
+def run(main, doc):  # the tool's main under TFDS's mock data, inside the tool's own output rules
+    def mocked(argv):
+        import tensorflow_datasets as tfds
+        from mobile_pirl_tf.data import sources
+        sources.network_reachable = lambda: True  # mock_data replaces the download itself
+        with tfds.testing.mock_data(num_examples=80, policy=tfds.testing.MockPolicy.USE_CODE):
+            return main(argv)
+    return real_run(mocked, doc)
+
+
+cli.run = run
 sys.argv = sys.argv[1:]
-with tfds.testing.mock_data(num_examples=80, policy=tfds.testing.MockPolicy.USE_CODE):
-    runpy.run_path(sys.argv[0], run_name="__main__")
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 LENGTHS = [(r"--epochs=\d+", "--epochs=1"), (r"--image_size=\d+", "--image_size=32"),

@@ -71,5 +71,7 @@ class ToolFormatter(logging.Formatter):
 
 
 def own_or_serious(record):
-    """Log records of this project (any level) and anyone's warnings and errors."""
-    return record.levelno >= logging.WARNING or os.path.abspath(record.pathname).startswith(REPO)
+    """This project's log records (any level) and anyone's errors: the frameworks' warnings
+    (deprecations, retracing, TFDS notes) are theirs, not the user's (MOBILE_PIRL_VERBOSE=1
+    shows them)."""
+    return record.levelno >= logging.ERROR or os.path.abspath(record.pathname).startswith(REPO)

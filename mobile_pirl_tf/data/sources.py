@@ -56,8 +56,8 @@ def folder_source(root):
 
 # What a TFDS data set takes to download (TFDS's catalog), printed before downloading it: the
 # builder itself knows only after preparing. Others print TFDS's own figure when it has one.
-DOWNLOAD_SIZES = {"stl10": "2.46 GiB (1.86 GiB prepared)",
-                  "imagenette": "94 MiB (160px-v2)",
+DOWNLOAD_SIZES = {"stl10": "2.46 GiB; 1.86 GiB prepared",
+                  "imagenette": "94 MiB for 160px-v2",
                   "cifar10": "162 MiB", "imagenet2012": "about 156 GiB of archives you download"}
 
 
