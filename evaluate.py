@@ -114,10 +114,13 @@ def _finetune(path, size, train, test, output_dir, cfg):
     if not backbone:
         raise UsageError("--protocol=finetune trains the backbone from scratch beside the "
                          "encoder: pass --backbone (no config.json beside the encoder names it)")
+    recipe = finetune.FINETUNE_RECIPE
+    if cfg.finetune_steps:
+        recipe = {**recipe, "min_steps": cfg.finetune_steps, "epochs": 0}
     report = finetune.fine_tune_report(
         lambda: keras.models.load_model(path), finetune.scratch_builder(backbone, size, width,
                                                                         cfg.seed),
-        train, test, fractions, cfg.seed)
+        train, test, fractions, cfg.seed, recipe)
     supervised = records.read_json(os.path.join(output_dir, "baselines", "supervised",
                                                 "eval_linear.json"))
     if supervised:

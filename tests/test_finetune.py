@@ -12,7 +12,7 @@ from mobile_pirl_tf.core.errors import UsageError
 from mobile_pirl_tf.data import labelled
 from mobile_pirl_tf.evaluation import baselines, finetune, probes
 
-FAST = {**finetune.FINETUNE_RECIPE, "min_steps": 60}  # the recipe, fewer steps
+FAST = {**finetune.FINETUNE_RECIPE, "min_steps": 30}  # the recipe, fewer steps
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """Every command of README.md runs as written, in order, on tiny data: `$DATA` is a small
 Imagenette-shaped folder (train/ and val/, as the official archive), lengths are cut (one
-epoch, 32 px, a few seconds of supervised baseline), nothing else changes. The headline's
-STL-10 comes from `tfds.testing.mock_data` (its download is what test_data.py fakes). Lines that
-are not Python (the data download, `export`) are shown to the reader, not run here; the test
-command itself is not run from inside the tests."""
+epoch, 32 px, a few seconds of supervised baseline, 20 fine-tuning steps), nothing else
+changes. The headline's STL-10 comes from `tfds.testing.mock_data` (its download is what
+test_data.py fakes). Lines that are not Python (the data download, `export`) are shown to the
+reader, not run here; the test command itself is not run from inside the tests."""
 
 import json
 import os
@@ -66,6 +66,8 @@ def tiny(command, data):
         for flag in ("--epochs=1", "--image_size=32"):
             if flag.split("=")[0] + "=" not in command:
                 command += f" {flag}"
+    if "--protocol=finetune" in command:
+        command += " --finetune_steps=20"
     return command
 
 

@@ -30,6 +30,8 @@ class EvalConfig:
         None, "Fractions of the labelled train split to use (class-balanced, seeded subset, the "
         "same for every encoder), e.g. 0.01,0.1. Default: all labels for linear / knn, "
         "0.01,0.1 for finetune.")
+    finetune_steps: int = flag(0, "Steps of each fine-tuning (pretrained and scratch alike); 0: "
+                               "the recipe's max(200, 30 epochs of the labelled subset).")
     output_dir: Optional[str] = flag(None, "Where eval_<protocol>.json goes (default: the "
                                      "model_dir, or the encoder's folder).")
     baseline: Optional[str] = flag(None, "Evaluate a baseline instead of a trained encoder "
@@ -52,7 +54,7 @@ class EvalConfig:
         "What to evaluate": ("model_dir", "encoder", "baseline", "backbone", "image_size",
                              "width"),
         "Labelled data": ("dataset", "data_dir", "tfds_data_dir", "tfds_manual_dir"),
-        "Protocol": ("protocol", "label_fraction", "output_dir", "seed",
+        "Protocol": ("protocol", "label_fraction", "finetune_steps", "output_dir", "seed",
                      "bn_recalibration_images"),
         "Supervised baseline": ("supervised_epochs", "supervised_minutes",
                                 "supervised_batch_size"),
@@ -62,6 +64,7 @@ class EvalConfig:
         unknown = [p for p in self.protocol if p not in PROTOCOLS]
         check([(not unknown, f"--protocol must be among {', '.join(PROTOCOLS)}, got "
                              f"{unknown[0]!r}" if unknown else ""),
+               (self.finetune_steps >= 0, "--finetune_steps must be >= 0 (0: the recipe)"),
                (self.bn_recalibration_images is None or self.bn_recalibration_images >= 0,
                 "--bn_recalibration_images must be >= 0"),
                (all(0 < f <= 1 for f in self.label_fraction or ()),

@@ -38,22 +38,10 @@ class DamagedRecord(ValueError):
 @contextlib.contextmanager
 def atomic_write(path, mode="w", **open_kwargs):
     """Yields a file object writing to a temporary file beside `path`; on a clean exit the file
-    is flushed, fsynced and renamed over `path` (atomic on POSIX); on an error it is removed
-    and `path` is left as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX,
-                               dir=folder)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    is fsynced and renamed over `path` (atomic on POSIX); on an error it is removed and `path`
+    is left as it was."""
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
 
 
 @contextlib.contextmanager
