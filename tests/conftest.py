@@ -96,18 +96,25 @@ def labelled_folder(tmp_path_factory):
     return write_labelled_folder(str(tmp_path_factory.mktemp("labelled")))
 
 
-@pytest.fixture
-def tiny_config():
-    """tiny_config(**fields): a `TrainConfig` small enough for a test (MobileNetV3-Small at
-    32 px, batch 8, one epoch of two steps, 16 images for the batch-norm statistics), with
-    `fields` overriding it."""
+TINY = dict(backbone="mobilenetv3small", image_size=32, batch_size=8, epochs=1, steps_per_epoch=2,
+            num_negatives=16, bn_recalibration_images=16, verbose=0)
+
+
+def tiny(model_dir=None, data_dir=None, **fields):
+    """A `TrainConfig` small enough for a test (`TINY`: MobileNetV3-Small at 32 px, batch 8,
+    one epoch of two steps, 16 negatives, 16 images for the batch-norm statistics), with the
+    folders and `fields` overriding it."""
     from mobile_pirl_tf.core.config import TrainConfig
 
-    def make(**fields):
-        base = dict(backbone="mobilenetv3small", image_size=32, batch_size=8, epochs=1,
-                    steps_per_epoch=2, num_negatives=16, bn_recalibration_images=16, verbose=0)
-        return TrainConfig(**{**base, **fields})
-    return make
+    folders = {name: str(value) for name, value in (("model_dir", model_dir),
+                                                     ("data_dir", data_dir)) if value}
+    return TrainConfig(**{**TINY, **folders, **fields})
+
+
+@pytest.fixture
+def tiny_config():
+    """`tiny` for tests that take it as a fixture: tiny_config(**fields)."""
+    return tiny
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny
 
 from mobile_pirl_tf.data import transforms
 from mobile_pirl_tf.deployment import complexity
@@ -38,8 +39,7 @@ def test_backbone_builds_steps_and_round_trips(name, tmp_path):
         assert np.all(np.isfinite(features))
 
     # One PIRL train step (eager: a traced step per backbone would cost minutes).
-    cfg = training.TrainConfig(backbone=name, image_size=32, batch_size=2, num_negatives=4,
-                               embedding_dim=8, epochs=1)
+    cfg = tiny(backbone=name, batch_size=2, num_negatives=4, embedding_dim=8)
     model = training.build_pirl(cfg, num_examples=6, backbone=backbone)
     training.build_variables(model, cfg)
     q = transforms.jigsaw_geometry(32).patch_input

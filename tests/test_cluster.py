@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO
+from conftest import REPO, tiny
 
 from mobile_pirl_tf.core.errors import UsageError
 from mobile_pirl_tf.data import pipeline, sources
@@ -170,8 +170,7 @@ def test_each_shard_builds_its_slice_of_every_global_batch(image_folder):
 def test_the_step_compiles_under_xla_with_the_default_paths_loss():
     """What a TPU needs of the step: static shapes and XLA-compilable ops. The jit-compiled
     step gives the loss and the bank of the default path."""
-    config = training.TrainConfig(backbone="mobilenetv3small", image_size=32, batch_size=4,
-                                  num_negatives=8, embedding_dim=8)
+    config = tiny(batch_size=4, num_negatives=8, embedding_dim=8)
     batch = pipeline.synthetic_batch(4, 32, 16, names=config.transform_names())
     results = []
     for jit in (False, True):
@@ -188,7 +187,6 @@ def test_the_step_compiles_under_xla_with_the_default_paths_loss():
 
 
 def test_steps_per_execution_reaches_the_compiled_step_and_may_change_on_resume():
-    config = training.TrainConfig(backbone="mobilenetv3small", image_size=32, batch_size=4,
-                                  num_negatives=8, steps_per_execution=5)
+    config = tiny(batch_size=4, num_negatives=8, steps_per_execution=5)
     assert training.build_pirl(config, 16).steps_per_execution == 5
     assert {"strategy", "tpu", "steps_per_execution"} <= set(training.TrainConfig.RESUMABLE)

@@ -6,7 +6,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, write_labelled_folder
+from conftest import REPO, tiny, write_labelled_folder
 
 from mobile_pirl_tf.core.errors import UsageError
 from mobile_pirl_tf.data import labelled
@@ -116,10 +116,7 @@ def test_cli_random_baseline_and_size_mismatch(tmp_path, labelled_folder, encode
 
 @pytest.mark.slow
 def test_knn_monitor_logs_knn_top1(tmp_path, image_folder, labelled_folder):
-    config = training.TrainConfig(backbone="mobilenetv3small", image_size=32, batch_size=8,
-                                  epochs=1, steps_per_epoch=2, num_negatives=16,
-                                  data_dir=image_folder, model_dir=str(tmp_path / "run"),
-                                  monitor_data_dir=labelled_folder, verbose=0)
+    config = tiny(tmp_path / "run", image_folder, monitor_data_dir=labelled_folder)
     from mobile_pirl_tf.evaluation.monitor import KNNMonitor
 
     with pytest.raises(UsageError, match="--monitor_data_dir needs the kNN monitor"):

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import tiny
 
 from mobile_pirl_tf.core import records
 from mobile_pirl_tf.core.config import TrainConfig
@@ -39,10 +40,7 @@ DAMAGES = (lambda b: b[:len(b) // 2], lambda b: b"", lambda b: b"\x00garbage\xff
 
 
 def config(model_dir, data_dir, **fields):
-    base = dict(backbone="mobilenetv3small", image_size=32, batch_size=8, epochs=2,
-                steps_per_epoch=2, num_negatives=16, bn_recalibration_images=16, verbose=0,
-                data_dir=data_dir, model_dir=str(model_dir))
-    return TrainConfig(**{**base, **fields})
+    return tiny(model_dir, data_dir, **{**dict(epochs=2), **fields})
 
 
 def evaluate(model_dir, data_dir):

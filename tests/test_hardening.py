@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny
 
 from mobile_pirl_tf.core.errors import UsageError
 from mobile_pirl_tf.training import fit as training
@@ -16,10 +17,7 @@ from mobile_pirl_tf.training import run_folder
 
 
 def cfg(model_dir, data_dir, **overrides):
-    base = dict(backbone="mobilenetv3small", image_size=32, batch_size=8, epochs=1,
-                num_negatives=16, data_dir=data_dir, model_dir=str(model_dir), verbose=0,
-                bn_recalibration_images=16)
-    return training.TrainConfig(**{**base, **overrides})
+    return tiny(model_dir, data_dir, **{**dict(steps_per_epoch=None), **overrides})
 
 
 def _files(folder):

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO
+from conftest import REPO, tiny
 
 from mobile_pirl_tf.core.errors import UsageError
 from mobile_pirl_tf.data import pipeline
@@ -21,15 +21,14 @@ from mobile_pirl_tf.training import run_folder
 
 
 def cfg(model_dir, data_dir, **overrides):
-    base = dict(backbone="mobilenetv3small", image_size=32, batch_size=8, epochs=2,
-                num_negatives=64, data_dir=data_dir, model_dir=str(model_dir), verbose=0)
-    return training.TrainConfig(**{**base, **overrides})
+    return tiny(model_dir, data_dir, **{**dict(epochs=2, num_negatives=64), **overrides})
 
 
 @pytest.fixture(scope="module")
 def two_epoch_run(image_folder, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("run")
-    summary = training.train(cfg(model_dir, image_folder))
+    # More batch-norm images asked than the data holds: all 32 are used.
+    summary = training.train(cfg(model_dir, image_folder, bn_recalibration_images=100))
     return model_dir, summary
 
 

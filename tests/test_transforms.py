@@ -4,6 +4,7 @@ composition order, and one PIRL step with an image-ending and a patch-ending com
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny
 
 from mobile_pirl_tf.core.errors import UsageError
 from mobile_pirl_tf.data import transforms, views
@@ -119,8 +120,8 @@ def test_parse_rejects_unknown_repeated_and_too_long():
 @pytest.mark.parametrize("spec,key",
                          [("crop+color", "transformed"), ("rotation+jigsaw", "patches")])
 def test_one_pirl_step_for_image_and_patch_endings(spec, key):
-    cfg = training.TrainConfig(backbone="mobilenetv3small", image_size=SIZE, batch_size=2,
-                               num_negatives=4, embedding_dim=8, epochs=1, transforms=spec)
+    cfg = tiny(image_size=SIZE, batch_size=2, num_negatives=4, embedding_dim=8,
+               transforms=spec)
     cfg.validate()
     elements = [views.pirl_views(tf.cast(image(i, 40) * 255, tf.uint8), tf.constant(i, tf.int64),
                                 seed(i), SIZE, cfg.transform_names(), cfg.transform_params())
