@@ -13,7 +13,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from mobile_pirl_tf.study import plan, stats
-from mobile_pirl_tf.study.cells import Cell, CellBusy, CellRunner, Run
+from mobile_pirl_tf.study.cells import Cell, CellBusy, CellRunner, Run, machine
 from mobile_pirl_tf.study.config import StudyConfig
 from mobile_pirl_tf.study.costs import Budget, Costs
 from mobile_pirl_tf.study.footprint import phone_latency
@@ -152,6 +152,9 @@ class FakeCosts:
 
     def measured(self, backbone):
         return True
+
+    def observe(self, cell, record):  # injected costs stay as they are
+        pass
 
 
 def study_config(tmp_path, **overrides):
@@ -333,6 +336,25 @@ def test_costs_fall_back_to_defaults_scaled_by_size_and_batch(tmp_path):
     assert costs.run_seconds(Cell("mobilenetv2", "jigsaw"), 4) > costs.run_seconds(
         Cell("mobilenetv3small", "jigsaw"), 4) > costs.run_seconds(
         Cell("mobilenetv3small", "crop"), 4)
+
+
+def test_runs_recorded_on_this_machine_replace_the_calibrated_costs(tmp_path):
+    costs = Costs(str(tmp_path / "costs.json"), study_base(), steps_per_epoch=10,
+                  eval_images=100)
+    jigsaw, crop = Cell("mobilenetv2", "jigsaw"), Cell("mobilenetv2", "crop")
+    setup = costs.of("mobilenetv2").setup
+    calibrated_crop = costs.train_seconds(crop, 4)
+    record = {"machine": machine(), "epochs": 2, "steps_per_epoch": 10,
+              "train_seconds": setup + 20 * 3.0, "probe_seconds": 50.0}
+    costs.observe(jigsaw, {**record, "machine": "another CPU"})  # another machine's: ignored
+    assert costs.observed == {}
+    for step in (3.0, 5.0, 4.0):
+        costs.observe(jigsaw, {**record, "train_seconds": setup + 20 * step})
+    assert costs.train_seconds(jigsaw, 6) == pytest.approx(setup + 60 * 4.0)  # the median
+    assert costs.run_seconds(jigsaw, 6) == pytest.approx(setup + 60 * 4.0 + 50.0)
+    # The other view kind keeps its calibrated step; the backbone's probes are learned.
+    assert costs.train_seconds(crop, 4) == calibrated_crop
+    assert costs.probe_seconds("mobilenetv2") == 50.0
 
 
 def test_runs_are_recorded_as_optuna_trials(tmp_path):

@@ -17,6 +17,7 @@ written. A random-init encoder of each backbone is scored the same way (`baselin
 import dataclasses
 import datetime
 import gc
+import glob
 import logging
 import os
 import shutil
@@ -116,6 +117,19 @@ class CellRunner:
     def record(self, run):
         """The run's record, or None when it has not been scored."""
         return self._read(self.record_path(run))
+
+    def recorded(self):
+        """[(Run, record)] of every run recorded under output_dir/records."""
+        out = []
+        root = os.path.join(self.output_dir, "records")
+        for path in sorted(glob.glob(os.path.join(root, "*", "*", "seed*-*ep.json"))):
+            backbone, transforms, name = os.path.relpath(path, root).split(os.sep)
+            seed, epochs = name[len("seed"):-len("ep.json")].split("-")
+            run = Run(Cell(backbone, transforms), int(seed), int(epochs))
+            record = self.record(run)
+            if record is not None:
+                out.append((run, record))
+        return out
 
     def scores(self, run):
         """{linear_top1, ...} of a scored run, else None (an alias the stages read)."""

@@ -8,6 +8,11 @@ the encoder), and the probes' cost (a fixed part and a time per labelled image).
 does), else from `DEFAULT_STEP_SECONDS`, measured on this project's 2-core Intel Xeon at 64 px
 and batch 64 and scaled by pixels and batch (marked as defaults in the plan).
 
+Once runs are recorded on this machine, their own times replace the calibrated step and probe
+figures (`observe`: the median per backbone and view kind), so a plan made after a few runs
+costs the rest at what runs of this study really take here (the input pipeline, the probes on
+the full splits, whatever else shared the cores).
+
 `Budget` is the hours of compute one invocation may use, counted from its start (calibration
 included), stated the same way in the plan, the progress lines and the report.
 """
@@ -15,6 +20,7 @@ included), stated the same way in the plan, the progress lines and the report.
 import dataclasses
 import math
 import os
+import statistics
 import time
 
 from mobile_pirl_tf.core.progress import duration
@@ -92,6 +98,7 @@ class Costs:
         self.path, self.base = path, base
         self.steps_per_epoch, self.eval_images = steps_per_epoch, eval_images
         self.cpu = machine()
+        self.observed = {}  # (backbone, kind) -> [seconds of a step], backbone -> [probe s]
         try:
             self.table = read_json(path, {})
         except DamagedRecord as e:  # a cache: measured again
@@ -114,15 +121,32 @@ class Costs:
         return BackboneCost(patches * scale, image * scale, DEFAULT_SETUP_SECONDS + 20 * patches,
                             DEFAULT_PROBE_SECONDS, 0.0008 + image * scale / 384, measured=False)
 
+    def observe(self, cell: Cell, record):
+        """Learns from a recorded run of this machine: its seconds a step (the run's training
+        time less the fixed cost of a call, over its steps) and its probes' seconds."""
+        if record.get("machine") != self.cpu or not record.get("train_seconds"):
+            return
+        steps = record["epochs"] * record.get("steps_per_epoch", self.steps_per_epoch)
+        step = (record["train_seconds"] - self.of(cell.backbone).setup) / max(1, steps)
+        self.observed.setdefault((cell.backbone, cell.kind), []).append(max(step, 0.0))
+        self.observed.setdefault(cell.backbone, []).append(record["probe_seconds"])
+
     def train_seconds(self, cell: Cell, epochs):
         c = self.of(cell.backbone)
-        scale = (self.base.image_size / 64) ** 2 * self.base.batch_size / 64
-        patches = cell.kind == "patches"
-        step = (c.step_patches if patches else c.step_image) + scale * PIPELINE_SECONDS[
-            0 if patches else 1]
+        seen = self.observed.get((cell.backbone, cell.kind))
+        if seen:
+            step = statistics.median(seen)
+        else:
+            scale = (self.base.image_size / 64) ** 2 * self.base.batch_size / 64
+            patches = cell.kind == "patches"
+            step = (c.step_patches if patches else c.step_image) + scale * PIPELINE_SECONDS[
+                0 if patches else 1]
         return c.setup + epochs * self.steps_per_epoch * step
 
     def probe_seconds(self, backbone):
+        seen = self.observed.get(backbone)
+        if seen:
+            return statistics.median(seen)
         c = self.of(backbone)
         return c.probe_setup + self.eval_images * c.image
 

@@ -6,7 +6,6 @@ the runs' records and the `Study`'s decisions."""
 import collections
 import csv
 import dataclasses
-import glob
 import math
 import os
 
@@ -37,15 +36,7 @@ class Report:
 
     def records(self):
         """[(Run, record)] of every run recorded in output_dir/records."""
-        out = []
-        root = os.path.join(self.out, "records")
-        for path in sorted(glob.glob(os.path.join(root, "*", "*", "seed*-*ep.json"))):
-            backbone, transforms, name = os.path.relpath(path, root).split(os.sep)
-            seed, epochs = name[len("seed"):-len("ep.json")].split("-")
-            record = self.s.runner.record(Run(Cell(backbone, transforms), int(seed), int(epochs)))
-            if record is not None:
-                out.append((Run(Cell(backbone, transforms), int(seed), int(epochs)), record))
-        return out
+        return self.s.runner.recorded()
 
     def baseline(self, backbone):
         record = self.s.runner.record_baseline(backbone)

@@ -39,6 +39,8 @@ def build(config, base, log=print, footprints=True):
                         config.keep_checkpoints, log)
     costs = Costs(os.path.join(config.output_dir, "costs.json"), base, steps,
                   len(splits[0].labels) + len(splits[1].labels))
+    for run, record in runner.recorded():  # what this machine's runs really took
+        costs.observe(run.cell, record)
     trials = TrialLog(config.storage_url())
     footprint = None
     if footprints:

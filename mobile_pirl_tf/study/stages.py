@@ -149,6 +149,8 @@ class Study:
         else:
             self.state.failed[run.key] = message
             return None
+        if done is None:
+            self.costs.observe(run.cell, result)
         if self.on_record:
             self.on_record(stage, role, run, result)
         return result
