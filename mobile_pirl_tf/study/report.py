@@ -13,6 +13,7 @@ from mobile_pirl_tf.core.progress import duration
 from mobile_pirl_tf.core.records import atomic_write, write_text
 from mobile_pirl_tf.study import figures, plan, scale, stats
 from mobile_pirl_tf.study.cells import Cell, Run
+from mobile_pirl_tf.study.stages import screen_cells
 
 
 def pct(value, digits=2):
@@ -207,7 +208,8 @@ class Report:
         lines = [
             "# Mobile-PIRL study: experiments A-D", "",
             f"PIRL pretraining of {len(c.backbones)} mobile backbones with the jigsaw pretext "
-            f"(A), of {st.study_backbone or 'the study backbone'} with {len(st.screen)} "
+            f"(A), of {st.study_backbone or 'the study backbone'} with "
+            f"{len(st.screen or screen_cells(list(c.transforms)))} "
             "transformation combinations (B), and of the other backbones with B's best (C), "
             "each arm trained under the same paired seeds and scored by the linear probe; "
             "(D) accuracy against parameters, multiply-adds, size and latency.", "",

@@ -52,6 +52,8 @@ def lines(run_counts, train_images, epochs):
     def fmt(hours):
         if hours is None:
             return "-"
+        if hours < 1 / 60:
+            return "under 1 min"
         if hours < 1:
             return f"{60 * hours:.0f} min"
         return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
