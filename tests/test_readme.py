@@ -1,7 +1,7 @@
 """Every command of README.md runs as written, in order, on tiny data: `$DATA` is a small
 Imagenette-shaped folder (train/ and val/, as the official archive), lengths are cut (one
-epoch, 32 px, a few seconds of supervised baseline, 20 fine-tuning steps, one QAT epoch, two
-timed invokes), nothing else changes. The headline's STL-10 comes from
+epoch, 32 px, a few seconds of supervised baseline, 20 fine-tuning steps, one QAT epoch of 64
+images, two timed invokes), nothing else changes. The headline's STL-10 comes from
 `tfds.testing.mock_data` (its download is what test_data.py fakes). Lines that are not Python
 (the data download, `export`) are shown to the reader, not run here; the test command itself
 is not run from inside the tests."""
@@ -70,7 +70,7 @@ def tiny(command, data):
     if "--protocol=finetune" in command:
         command += " --finetune_steps=20"
     if command.startswith("python export/to_tflite.py"):
-        command += " --qat_epochs=1 --latency_runs=2"
+        command += " --qat_epochs=1 --qat_images=64 --latency_runs=2"
     return command
 
 
