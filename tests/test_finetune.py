@@ -51,6 +51,7 @@ def _weights(model):
     return [w.copy() for w in model.get_weights()]
 
 
+@pytest.mark.slow
 def test_finetune_moves_the_encoder_and_the_linear_probe_does_not(toy, tmp_path):
     train, test = toy
     encoder = baselines.random_encoder("mobilenetv3small", 32)
