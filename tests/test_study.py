@@ -347,7 +347,7 @@ def test_runs_recorded_on_this_machine_replace_the_calibrated_costs(tmp_path):
     record = {"machine": machine(), "epochs": 2, "steps_per_epoch": 10,
               "train_seconds": setup + 20 * 3.0, "probe_seconds": 50.0}
     costs.observe(jigsaw, {**record, "machine": "another CPU"})  # another machine's: ignored
-    assert costs.observed == {}
+    assert costs.step_seen == {} and costs.probe_seen == {}
     for step in (3.0, 5.0, 4.0):
         costs.observe(jigsaw, {**record, "train_seconds": setup + 20 * step})
     assert costs.train_seconds(jigsaw, 6) == pytest.approx(setup + 60 * 4.0)  # the median

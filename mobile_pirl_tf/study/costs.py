@@ -98,7 +98,8 @@ class Costs:
         self.path, self.base = path, base
         self.steps_per_epoch, self.eval_images = steps_per_epoch, eval_images
         self.cpu = machine()
-        self.observed = {}  # (backbone, kind) -> [seconds of a step], backbone -> [probe s]
+        self.step_seen = {}   # (backbone, view kind) -> [seconds of a step] recorded here
+        self.probe_seen = {}  # backbone -> [seconds of its probes] recorded here
         try:
             self.table = read_json(path, {})
         except DamagedRecord as e:  # a cache: measured again
@@ -128,12 +129,12 @@ class Costs:
             return
         steps = record["epochs"] * record.get("steps_per_epoch", self.steps_per_epoch)
         step = (record["train_seconds"] - self.of(cell.backbone).setup) / max(1, steps)
-        self.observed.setdefault((cell.backbone, cell.kind), []).append(max(step, 0.0))
-        self.observed.setdefault(cell.backbone, []).append(record["probe_seconds"])
+        self.step_seen.setdefault((cell.backbone, cell.kind), []).append(max(step, 0.0))
+        self.probe_seen.setdefault(cell.backbone, []).append(record["probe_seconds"])
 
     def train_seconds(self, cell: Cell, epochs):
         c = self.of(cell.backbone)
-        seen = self.observed.get((cell.backbone, cell.kind))
+        seen = self.step_seen.get((cell.backbone, cell.kind))
         if seen:
             step = statistics.median(seen)
         else:
@@ -144,7 +145,7 @@ class Costs:
         return c.setup + epochs * self.steps_per_epoch * step
 
     def probe_seconds(self, backbone):
-        seen = self.observed.get(backbone)
+        seen = self.probe_seen.get(backbone)
         if seen:
             return statistics.median(seen)
         c = self.of(backbone)
