@@ -253,6 +253,19 @@ def test_the_budget_stops_the_study_with_a_partial_report(tmp_path):
     assert "**Partial report**" in text
 
 
+def test_a_report_stopped_after_the_screen_says_what_waits_for_the_confirmation(tmp_path):
+    study, _ = injected_study(tmp_path, triples=0)
+    # the screen fits, its pilot does not: the arms are not chosen yet
+    study.costs.run_seconds = lambda cell, epochs: 10 ** 6 if epochs == study.c.pilot_epochs else 1
+    study.budget = Budget(1)
+    assert "stage B" in study.run().stopped
+    text = Report(study, study_base(), "cmd", 1.0, {}, 100).text()
+    stage_b = text[text.index("## Stage B"):text.index("## Stage C")]
+    assert "The screen: every cell trained once" in stage_b
+    assert "which needs the confirmed arms' paired seeds (not run yet)" in stage_b
+    assert "| crop+color | 44." in stage_b and "Confirmed arms: none chosen yet." in stage_b
+
+
 def test_a_run_another_worker_holds_is_left_for_last_then_read_back(tmp_path):
     study, runner = injected_study(tmp_path)
     busy = "mobilenetv3small/jigsaw/seed1/4ep"

@@ -87,15 +87,17 @@ class Report:
             {"random": random} if random is not None else {},
             os.path.join(self.out, "heatmap.png"),
             f"PIRL {b}, {self.base.image_size} px, {epochs} epochs, seed 0: linear top-1 (%); "
-            f"framed: confirmed (* best); LSD {pct(lsd, 1)} points")
+            f"framed: confirmed (* best); "
+            + (f"LSD {pct(lsd, 1)} points" if df else "LSD after the confirmation"))
+        noise = (f"the least significant difference LSD = t(0.975, {df}) x sd of a paired "
+                 f"difference = **{pct(lsd, 2)} points** (sd measured on the confirmed arms' "
+                 "pairs)." if df else "the least significant difference, which needs the "
+                 "confirmed arms' paired seeds (not run yet).")
         lines = [f"![stage B screen]({os.path.basename(png)})", "",
                  f"The screen: every cell trained once (seed 0) for {epochs} epochs and scored "
                  "by the linear probe (colour from random init up). Seed 0 only selects: it "
                  "scores none of the confirmed arms below. Two screen cells differ beyond "
-                 "their one-seed noise when their gap exceeds the least significant difference "
-                 f"LSD = t(0.975, {df}) x sd of a paired difference = **{pct(lsd, 2)} points** "
-                 "(sd measured on the confirmed arms' pairs)." if df else
-                 "The LSD needs the confirmed arms' paired seeds (not yet run).", "",
+                 f"their one-seed noise when their gap exceeds {noise}", "",
                  "| cell | linear top-1 (%) | kNN top-1 (%) | confirmed |", "|---|---|---|---|"]
         for t in sorted(scores, key=lambda t: -(scores[t] or -1)):
             lines.append(f"| {t} | {pct(scores[t])} | {pct(knn[t])} | "
@@ -241,7 +243,8 @@ class Report:
             lines += [f"## {title}", ""]
             if stage == "B":
                 lines += self.screen_section()
-            lines += ["Confirmed arms (seeds 1..N):", ""] + self.arm_table(arms) + [""]
+            lines += (["Confirmed arms (seeds 1..N):", ""] + self.arm_table(arms) if arms
+                      else ["Confirmed arms: none chosen yet."]) + [""]
             lines += self.comparison_table(self.s.comparisons(stage)) + [""]
             if stage == "A" and c.reference_backbone:
                 ref = self.s.runner.record(self.s.reference_run())
