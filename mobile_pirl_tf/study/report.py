@@ -81,18 +81,22 @@ class Report:
         marks = {t: "+" for t in self.s.state.confirmed_b}
         if self.s.state.top_transforms:
             marks[self.s.state.top_transforms[0]] = "*"
+        if df:  # the confirmation has paired seeds: the LSD is measured
+            title_lsd = f"LSD {pct(lsd, 1)} points"
+            noise = (f"the least significant difference LSD = t(0.975, {df}) x sd of a paired "
+                     f"difference = **{pct(lsd, 2)} points** (sd measured on the confirmed "
+                     "arms' pairs).")
+        else:
+            title_lsd = "LSD after the confirmation"
+            noise = ("the least significant difference, which needs the confirmed arms' "
+                     "paired seeds (not run yet).")
         random = self.baseline(b)
         png = figures.heatmap(
             {t: v for t, v in scores.items() if v is not None}, list(self.c.transforms), marks,
             {"random": random} if random is not None else {},
             os.path.join(self.out, "heatmap.png"),
             f"PIRL {b}, {self.base.image_size} px, {epochs} epochs, seed 0: linear top-1 (%); "
-            f"framed: confirmed (* best); "
-            + (f"LSD {pct(lsd, 1)} points" if df else "LSD after the confirmation"))
-        noise = (f"the least significant difference LSD = t(0.975, {df}) x sd of a paired "
-                 f"difference = **{pct(lsd, 2)} points** (sd measured on the confirmed arms' "
-                 "pairs)." if df else "the least significant difference, which needs the "
-                 "confirmed arms' paired seeds (not run yet).")
+            f"framed: confirmed (* best); {title_lsd}")
         lines = [f"![stage B screen]({os.path.basename(png)})", "",
                  f"The screen: every cell trained once (seed 0) for {epochs} epochs and scored "
                  "by the linear probe (colour from random init up). Seed 0 only selects: it "
