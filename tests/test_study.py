@@ -233,6 +233,26 @@ def test_seeds_are_added_only_to_inconclusive_comparisons_up_to_max_seeds(tmp_pa
             assert x.decided or x.n == 5  # nothing inconclusive is left below max_seeds
 
 
+def test_the_long_check_runs_after_the_top_comparisons_seeds_and_before_the_others(tmp_path):
+    # B's top comparison (crop+color against crop, 1 point apart) and C's second (MnasNet-A1's
+    # combination half a point above its jigsaw) stay inconclusive at 3 seeds; crop is only in
+    # the first, MnasNet-A1's combination only in the second.
+    means = {**MEANS, "mobilenetv3small/jigsaw": 0.40, "crop+color": 0.45, "crop": 0.44,
+             "mnasnet_a1/crop+color": 0.305}
+    study, runner = injected_study(tmp_path, means, long_epochs=8)
+    runner.noise = 0.015
+    study.run()
+    b_top, c_second = study.comparisons("B")[0], study.comparisons("C")[1]
+    assert (b_top.a, b_top.b) == ("mobilenetv3small/crop+color", "mobilenetv3small/crop")
+    assert c_second.a == "mnasnet_a1/crop+color" and not c_second.decided
+    order = [("long" if r.epochs == 8 else "top" if r.cell.label == b_top.b
+              else "other" if r.cell.label == c_second.a else "-")
+             for r in runner.trained if r.seed > 3 or r.epochs == 8]
+    assert "top" in order and "other" in order and "long" in order, order
+    last_top, first_long = max(i for i, k in enumerate(order) if k == "top"), order.index("long")
+    assert last_top < first_long < order.index("other"), order
+
+
 def test_a_rerun_reads_every_run_back_and_trains_nothing(tmp_path):
     study, runner = injected_study(tmp_path)
     study.run()
@@ -313,6 +333,9 @@ def test_report_has_every_section_and_the_csv_every_run(tmp_path):
                     "Rank check, stage B's confirmed arms", "least significant difference"):
         assert heading in text, heading
     assert "tied" not in text.lower()
+    d_rows = text.split("## Stage D")[1].split("\n\n")[1].splitlines()[2:]
+    d_arms = {row.split(" | ")[0].lstrip("| ") for row in d_rows}
+    assert d_arms == {cell.label for stage in "ABC" for cell in study.arms(stage)}, d_arms
     for name in ("heatmap.png", "pareto.png", "results.csv"):
         assert os.path.getsize(tmp_path / name) > 0
     with open(tmp_path / "results.csv") as f:

@@ -152,7 +152,7 @@ class Report:
 
     def stage_d(self):
         rows = []
-        for stage in ("A", "C"):
+        for stage in ("A", "B", "C"):  # every confirmed backbone x transformation pair
             for cell in self.s.arms(stage):
                 s = stats.summarize(self.s.arm_scores(cell).values())
                 fp = self.s.state.footprints.get(cell.backbone)

@@ -12,8 +12,10 @@
     R   the reference (--reference_backbone, ResNet-50) with jigsaw, once (seed 1), at
         --reference_epochs: a measured yardstick, not an arm that competes.
     D   parameters, multiply-adds, LiteRT size and latency of every backbone (`footprint`).
-    +   while budget remains, one more seed for both arms of each inconclusive comparison (the
-        stages' top comparisons first), up to --max_seeds; then --long_epochs for B's arms.
+    +   while budget remains, one more seed for both arms of each inconclusive top comparison
+        (each stage's first), up to --max_seeds;
+    L   --long_epochs for B's confirmed arms (the rank check at a longer length);
+    +   then the same for the other inconclusive comparisons, in stage order.
 
 Seed 0 selects (the screen) and never scores a selected cell; every confirmed arm is scored
 under the same seeds 1..N, so each comparison is a paired difference (`stats`). Everything is
@@ -256,13 +258,15 @@ class Study:
         for backbone in backbones:
             self.state.footprints[backbone] = self.footprint(backbone)
 
-    def extra_seeds(self):
+    def extra_seeds(self, tops_only=False):
         """One more seed for both arms of the first inconclusive comparison that can take one
-        (the stages' top comparisons first, then the others, in stage order), until none is
-        left; the seed that selected a cell (0) is never added."""
+        (the stages' top comparisons first, then, unless `tops_only`, the others in stage
+        order), until none is left; the seed that selected a cell (0) is never added."""
         while True:
             families = [self.comparisons(stage) for stage in ("A", "B", "C")]
-            ordered = [f[0] for f in families if f] + [c for f in families for c in f[1:]]
+            ordered = [f[0] for f in families if f]
+            if not tops_only:
+                ordered += [c for f in families for c in f[1:]]
             todo = next((c for c in ordered if not c.decided and c.n < self.c.max_seeds), None)
             if todo is None:
                 return
@@ -287,8 +291,9 @@ class Study:
         """Runs (or continues) every stage; a stage cut by the budget stops the study with
         `state.stopped` set (the report is then partial)."""
         steps = (("A", self.stage_a), ("B", self.stage_b), ("C", self.stage_c),
-                 ("R", self.reference), ("D", self.stage_d), ("+", self.extra_seeds),
-                 ("L", self.long_check))
+                 ("R", self.reference), ("D", self.stage_d),
+                 ("+", lambda: self.extra_seeds(tops_only=True)), ("L", self.long_check),
+                 ("+", self.extra_seeds))
         for name, step in steps:
             started = time.time()
             try:
