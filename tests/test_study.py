@@ -259,6 +259,9 @@ def test_a_rerun_reads_every_run_back_and_trains_nothing(tmp_path):
     again, runner2 = injected_study(tmp_path)
     again.run()
     assert runner.trained and not runner2.trained
+    fresh, _ = injected_study(tmp_path)  # a later invocation's plan, before its stages rerun
+    left = plan.plan(fresh)
+    assert (left["A"].runs, left["B"].runs, left["C"].runs) == (0, 0, 0), left
     assert [x.verdict() for x in again.comparisons("B")] == [
         x.verdict() for x in study.comparisons("B")]
 

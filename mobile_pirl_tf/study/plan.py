@@ -47,6 +47,8 @@ def _plan_runs(costs, runner, runs, dearest=None):
 def plan(study):
     """{stage: StagePlan} of what is left, for a `stages.Study` (nothing is run)."""
     c, costs, runner, state = study.c, study.costs, study.runner, study.state
+    if not state.confirmed_b:
+        study.stage_b(train=False)  # what the records already chose (a resumed study)
     seeds = c.confirmation_seeds
     out = {}
     a_runs = [(Run(cell, s, c.epochs), 1.0) for cell in study.arms("A") for s in seeds]

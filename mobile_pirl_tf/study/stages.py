@@ -205,31 +205,41 @@ class Study:
                                         epochs or self.c.epochs))
         return None if record is None else record.get("linear_top1")
 
-    def stage_b(self):
+    def stage_b(self, train=True):
+        """The screen, the pilot and the confirmation of stage B, with its choices; with
+        `train=False` only the choices the records already decide (nothing is trained), so a
+        plan made before the stages rerun costs only what is left."""
         backbone = self.state.study_backbone = self.choose_study_backbone()
-        self.baselines([backbone])
+        run_all = self.run_all if train else lambda *_: None
+        if train:
+            self.baselines([backbone])
         names = list(self.c.transforms)
         screen = screen_cells(names)
         self.state.screen = list(screen)
-        self.run_all("B", "screen", [Run(Cell(backbone, t), 0, self.c.epochs) for t in screen])
+        run_all("B", "screen", [Run(Cell(backbone, t), 0, self.c.epochs) for t in screen])
         if self.c.pilot_epochs and self.c.pilot_cells:
-            self.run_all("B", "pilot", [Run(Cell(backbone, t), 0, self.c.pilot_epochs)
-                                        for t in screen[:self.c.pilot_cells]])
+            run_all("B", "pilot", [Run(Cell(backbone, t), 0, self.c.pilot_epochs)
+                                   for t in screen[:self.c.pilot_cells]])
         scores = {t: self.screen_score(t) for t in screen}
         if self.c.triples and len(names) > 2:
             singles = {t: scores[t] for t in names if scores[t] is not None}
             pairs = {t: s for t, s in scores.items() if "+" in t and s is not None}
             triples = screen_triples(singles, pairs, names, self.c.triples)
             self.state.screen += triples
-            self.run_all("B", "screen", [Run(Cell(backbone, t), 0, self.c.epochs)
-                                         for t in triples])
+            run_all("B", "screen", [Run(Cell(backbone, t), 0, self.c.epochs) for t in triples])
             scores.update({t: self.screen_score(t) for t in triples})
+        if not train and None in scores.values():
+            return  # the screen is not complete: nothing is chosen yet
         ranked = sorted((t for t, s in scores.items() if s is not None), key=lambda t: -scores[t])
         confirmed = ranked[:self.c.confirm]
         if "jigsaw" in names and "jigsaw" not in confirmed:
             confirmed.append("jigsaw")  # the paper's pretext, the yardstick of every other
         self.state.confirmed_b = confirmed
-        self._confirm("B", self.arms("B"))
+        if train:
+            self._confirm("B", self.arms("B"))
+        elif any(set(self.c.confirmation_seeds) - set(self.arm_scores(cell))
+                 for cell in self.arms("B")):
+            return  # the confirmation is not complete: the best is not chosen yet
         means = {t: stats.summarize(self.arm_scores(Cell(backbone, t)).values()).mean
                  for t in confirmed}
         self.state.top_transforms = sorted((t for t in confirmed if means[t] == means[t]),
