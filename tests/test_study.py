@@ -63,7 +63,7 @@ def test_verdicts_name_a_winner_an_equivalence_or_say_inconclusive():
     assert same.kind == "equivalent" and "equivalent within +-2" in same.verdict()
     noisy = stats.holm([stats.compare("x", {s: base[s] + 0.04 * (-1) ** s for s in seeds},
                                       "y", base, 0.02)])[0]
-    assert noisy.kind == "inconclusive" and noisy.verdict().startswith("inconclusive: ")
+    assert noisy.kind == "inconclusive" and noisy.verdict().startswith("inconclusive: x - y = ")
     one = stats.holm([stats.compare("x", {1: 0.5}, "y", {1: 0.4}, 0.02)])[0]
     assert one.kind == "inconclusive" and "no interval" in one.verdict()
     for c in (wins, same, noisy, one):

@@ -16,7 +16,8 @@ pair: a comparison is the paired difference d_s = x_s - y_s over the seeds both 
   tests (p_(i) sorted ascending, adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))).
 - The verdict: "X beats Y by D [lo, hi]" when the Holm-adjusted difference p < alpha;
   otherwise "X and Y are equivalent within +-M" when the Holm-adjusted TOST p < alpha;
-  otherwise "inconclusive: D [lo, hi]". A comparison with fewer than 2 pairs is inconclusive.
+  otherwise "inconclusive: X - Y = D [lo, hi]". A comparison with fewer than 2 pairs is
+  inconclusive.
 - The smallest difference a comparison could detect with 80% power at its measured spread:
   (t(1 - alpha / 2, n - 1) + t(0.8, n - 1)) sd(d) / sqrt(n).
 
@@ -119,8 +120,8 @@ class Comparison:
             return (f"{self.a} and {self.b} are equivalent within +-{scale * self.margin:g}"
                     f"{unit} (difference {d:+.2f} [{lo:.2f}, {hi:.2f}])")
         if self.n < 2:
-            return f"inconclusive: {self.n} common seed(s), no interval"
-        return f"inconclusive: {d:+.2f} [{lo:.2f}, {hi:.2f}]{unit}"
+            return f"inconclusive: {self.a} - {self.b}, {self.n} common seed(s), no interval"
+        return f"inconclusive: {self.a} - {self.b} = {d:+.2f} [{lo:.2f}, {hi:.2f}]{unit}"
 
 
 def detectable_difference(sd, n, alpha=0.05, power=POWER):
