@@ -339,6 +339,8 @@ def test_report_has_every_section_and_the_csv_every_run(tmp_path):
     d_rows = text.split("## Stage D")[1].split("\n\n")[1].splitlines()[2:]
     d_arms = {row.split(" | ")[0].lstrip("| ") for row in d_rows}
     assert d_arms == {cell.label for stage in "ABC" for cell in study.arms(stage)}, d_arms
+    spent = text.split("by date and machine:")[1].split("\n\n")[1].splitlines()[2:]
+    assert sum(int(row.split(" | ")[2]) for row in spent) == len(runner.recorded()), spent
     for name in ("heatmap.png", "pareto.png", "results.csv"):
         assert os.path.getsize(tmp_path / name) > 0
     with open(tmp_path / "results.csv") as f:

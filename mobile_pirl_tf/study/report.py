@@ -257,7 +257,7 @@ class Report:
                           + (f"linear top-1 {pct(ref['linear_top1'])} (random init "
                              f"{pct(random)}), one run of {ref['seconds'] / 60:.0f} min, not "
                              "an arm of the comparisons." if ref else "not run yet."), ""]
-        lines += self.stage_d() + self.limits(records) + self.time_section()
+        lines += self.stage_d() + self.limits(records) + self.time_section(records)
         return "\n".join(lines) + "\n"
 
     def limits(self, records):
@@ -283,7 +283,9 @@ class Report:
                 "`mobile_pirl_tf/study/scale.py`; not measured):", ""] + scale.lines(
                     dict(counts), self.num_examples, self.c.epochs) + [""]
 
-    def time_section(self):
+    def time_section(self, records):
+        """This invocation's plan against what it took, then every recorded run's compute by
+        date and machine (what earlier invocations spent, whichever wrote the report)."""
         names = {"A": "A", "B": "B", "C": "C", "R": "reference", "D": "D and baselines",
                  "+": "extra seeds", "L": "long check"}
         lines = ["## Time", "", "| stage | planned at the start | this invocation |",
@@ -293,6 +295,15 @@ class Report:
             took = self.s.state.seconds.get(key)
             lines.append(f"| {name} | {duration(p.expected) if p else '-'} | "
                          f"{duration(took) if took is not None else '-'} |")
+        spent = collections.defaultdict(lambda: [0, 0.0])
+        for _, r in records:
+            row = spent[r.get("date", "?"), r.get("machine", "?")]
+            row[0] += 1
+            row[1] += r.get("seconds", 0)
+        lines += ["", "Every recorded run's compute, by date and machine:", "",
+                  "| date | machine | runs | hours |", "|---|---|---|---|"]
+        lines += [f"| {d} | {m} | {n} | {sec / 3600:.2f} |"
+                  for (d, m), (n, sec) in sorted(spent.items())]
         return lines + [""]
 
     def write(self, log=print):
