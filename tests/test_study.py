@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from mobile_pirl_tf.core.records import write_json
 from mobile_pirl_tf.study import plan, stats
 from mobile_pirl_tf.study.cells import Cell, CellBusy, CellRunner, Run, machine
 from mobile_pirl_tf.study.config import StudyConfig
 from mobile_pirl_tf.study.costs import Budget, Costs
-from mobile_pirl_tf.study.footprint import phone_latency
+from mobile_pirl_tf.study.footprint import footprint_path, phone_latency
 from mobile_pirl_tf.study.report import Report
 from mobile_pirl_tf.study.stages import Study, screen_cells, screen_triples
 from mobile_pirl_tf.study.trials import TrialLog
@@ -120,7 +121,7 @@ class FakeRunner(CellRunner):
         from mobile_pirl_tf.data.labelled import LabelledSplit
 
         split = LabelledSplit("fake", ["x"] * 10, np.arange(10) % 2, ["a", "b"])
-        super().__init__(None, str(output_dir), str(output_dir / "runs"), (split, split),
+        super().__init__(study_base(), str(output_dir), str(output_dir / "runs"), (split, split),
                          log=lambda *_: None)
         self.means, self.noise, self.busy = means, noise, set(busy)
         self.trained = []
@@ -254,14 +255,19 @@ def test_the_long_check_runs_after_the_top_comparisons_seeds_and_before_the_othe
 
 
 def test_a_rerun_reads_every_run_back_and_trains_nothing(tmp_path):
-    study, runner = injected_study(tmp_path)
+    study, runner = injected_study(tmp_path, long_epochs=8)
     study.run()
-    again, runner2 = injected_study(tmp_path)
+    again, runner2 = injected_study(tmp_path, long_epochs=8)
     again.run()
     assert runner.trained and not runner2.trained
-    fresh, _ = injected_study(tmp_path)  # a later invocation's plan, before its stages rerun
+    fresh, _ = injected_study(tmp_path, long_epochs=8)  # a later invocation, before its stages
+    os.makedirs(os.path.join(fresh.c.output_dir, "footprints"))
+    for backbone in list(fresh.c.backbones) + [fresh.c.reference_backbone]:  # D's cached rows
+        write_json(footprint_path(os.path.join(fresh.c.output_dir, "footprints"), backbone,
+                                  runner.base.image_size), {"params": 1})
     left = plan.plan(fresh)
-    assert (left["A"].runs, left["B"].runs, left["C"].runs) == (0, 0, 0), left
+    assert [left[k].runs for k in "ABCDL"] == [0] * 5, left
+    assert left["D"].expected == 0 and left["L"].expected == 0, left
     assert [x.verdict() for x in again.comparisons("B")] == [
         x.verdict() for x in study.comparisons("B")]
 

@@ -10,11 +10,16 @@ from mobile_pirl_tf.core.records import DamagedRecord, read_json, set_aside, wri
 from mobile_pirl_tf.study.cells import clear_session
 
 
+def footprint_path(cache_dir, backbone, image_size):
+    """Where a backbone's stage-D row is cached."""
+    return os.path.join(cache_dir, f"{backbone}-{image_size}px.json")
+
+
 def backbone_footprint(backbone, image_size, source, cache_dir, phone_results=(), log=print):
     """The stage-D row of a backbone: {params, macs, float32_bytes, int8_bytes, float32_ms,
     int8_ms[, phone_int8_ms]}, cached in cache_dir/<backbone>-<size>px.json."""
     os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(cache_dir, f"{backbone}-{image_size}px.json")
+    path = footprint_path(cache_dir, backbone, image_size)
     try:
         row = read_json(path)
     except DamagedRecord as e:

@@ -9,11 +9,13 @@ spread measured so far once two arms share two seeds, else `ASSUMED_PAIR_SD`).
 
 import dataclasses
 import math
+import os
 
 from mobile_pirl_tf.core.progress import duration
 from mobile_pirl_tf.study import stats
 from mobile_pirl_tf.study.cells import Cell, Run
 from mobile_pirl_tf.study.costs import CONVERSION_SECONDS
+from mobile_pirl_tf.study.footprint import footprint_path
 from mobile_pirl_tf.study.stages import screen_cells
 
 # The sd of the paired difference of two arms' linear top-1 (points) assumed before the study
@@ -92,12 +94,18 @@ def plan(study):
         out["R"] = StagePlan(*_plan_runs(costs, runner, [(study.reference_run(), 1.0)]))
     backbones = list(c.backbones) + ([c.reference_backbone] if c.reference_backbone else [])
     baselines = [b for b in set(backbones + [backbone]) if runner.record_baseline(b) is None]
-    d_seconds = sum(costs.probe_seconds(b) + 30 for b in baselines) + CONVERSION_SECONDS * sum(
-        1 for b in backbones if not study.state.footprints.get(b))
+    footprints = os.path.join(c.output_dir, "footprints")
+    converted = [b for b in backbones if study.state.footprints.get(b) or os.path.exists(
+        footprint_path(footprints, b, runner.base.image_size))]
+    d_seconds = sum(costs.probe_seconds(b) + 30 for b in baselines) + CONVERSION_SECONDS * (
+        len(backbones) - len(converted))
     out["D"] = StagePlan(len(baselines), d_seconds, d_seconds)
-    if c.long_epochs:
-        long_runs = (c.confirm + 1) * costs.run_seconds(Cell(backbone, "crop"), c.long_epochs)
-        out["L"] = StagePlan(c.confirm + 1, long_runs, long_runs * 1.3)
+    if c.long_epochs and chosen:
+        long_runs = [(Run(cell, 1, c.long_epochs), 1.0) for cell in study.arms("B")]
+        out["L"] = StagePlan(*_plan_runs(costs, runner, long_runs))
+    elif c.long_epochs:  # B's arms not chosen yet: the image-view cost of its arms
+        seconds = (c.confirm + 1) * costs.run_seconds(Cell(backbone, "crop"), c.long_epochs)
+        out["L"] = StagePlan(c.confirm + 1, seconds, seconds * 1.3)
     return out
 
 
