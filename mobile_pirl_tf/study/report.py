@@ -162,8 +162,9 @@ class Report:
         ref = self.c.reference_backbone and self.s.runner.record(self.s.reference_run())
         fp = self.s.state.footprints.get(self.c.reference_backbone)
         if ref and fp:
-            rows.append({"label": f"{self.s.reference_run().cell.label} (reference, 1 run, "
-                                  f"{self.s.reference_run().epochs} epochs)",
+            run = self.s.reference_run()
+            rows.append({"label": f"{run.cell.label} (reference, 1 run, {run.epochs} epoch"
+                                  f"{'s' if run.epochs > 1 else ''})",
                          "mean": ref["linear_top1"], "low": math.nan, "high": math.nan, **fp})
         if not rows:
             return []
