@@ -261,10 +261,10 @@ def test_a_rerun_reads_every_run_back_and_trains_nothing(tmp_path):
     again.run()
     assert runner.trained and not runner2.trained
     fresh, _ = injected_study(tmp_path, long_epochs=8)  # a later invocation, before its stages
-    os.makedirs(os.path.join(fresh.c.output_dir, "footprints"))
     for backbone in list(fresh.c.backbones) + [fresh.c.reference_backbone]:  # D's cached rows
-        write_json(footprint_path(os.path.join(fresh.c.output_dir, "footprints"), backbone,
-                                  runner.base.image_size), {"params": 1})
+        path = footprint_path(fresh.c.output_dir, backbone, runner.base.image_size)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_json(path, {"params": 1})
     left = plan.plan(fresh)
     assert [left[k].runs for k in "ABCDL"] == [0] * 5, left
     assert left["D"].expected == 0 and left["L"].expected == 0, left

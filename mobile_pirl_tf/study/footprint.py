@@ -10,16 +10,16 @@ from mobile_pirl_tf.core.records import DamagedRecord, read_json, set_aside, wri
 from mobile_pirl_tf.study.cells import clear_session
 
 
-def footprint_path(cache_dir, backbone, image_size):
-    """Where a backbone's stage-D row is cached."""
-    return os.path.join(cache_dir, f"{backbone}-{image_size}px.json")
+def footprint_path(output_dir, backbone, image_size):
+    """Where a study in output_dir caches a backbone's stage-D row."""
+    return os.path.join(output_dir, "footprints", f"{backbone}-{image_size}px.json")
 
 
-def backbone_footprint(backbone, image_size, source, cache_dir, phone_results=(), log=print):
+def backbone_footprint(backbone, image_size, source, output_dir, phone_results=(), log=print):
     """The stage-D row of a backbone: {params, macs, float32_bytes, int8_bytes, float32_ms,
-    int8_ms[, phone_int8_ms]}, cached in cache_dir/<backbone>-<size>px.json."""
-    os.makedirs(cache_dir, exist_ok=True)
-    path = footprint_path(cache_dir, backbone, image_size)
+    int8_ms[, phone_int8_ms]}, cached in output_dir/footprints/<backbone>-<size>px.json."""
+    path = footprint_path(output_dir, backbone, image_size)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         row = read_json(path)
     except DamagedRecord as e:

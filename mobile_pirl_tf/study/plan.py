@@ -94,15 +94,13 @@ def plan(study):
         out["R"] = StagePlan(*_plan_runs(costs, runner, [(study.reference_run(), 1.0)]))
     backbones = list(c.backbones) + ([c.reference_backbone] if c.reference_backbone else [])
     baselines = [b for b in set(backbones + [backbone]) if runner.record_baseline(b) is None]
-    footprints = os.path.join(c.output_dir, "footprints")
     converted = [b for b in backbones if study.state.footprints.get(b) or os.path.exists(
-        footprint_path(footprints, b, runner.base.image_size))]
+        footprint_path(c.output_dir, b, runner.base.image_size))]
     d_seconds = sum(costs.probe_seconds(b) + 30 for b in baselines) + CONVERSION_SECONDS * (
         len(backbones) - len(converted))
     out["D"] = StagePlan(len(baselines), d_seconds, d_seconds)
     if c.long_epochs and chosen:
-        long_runs = [(Run(cell, 1, c.long_epochs), 1.0) for cell in study.arms("B")]
-        out["L"] = StagePlan(*_plan_runs(costs, runner, long_runs))
+        out["L"] = StagePlan(*_plan_runs(costs, runner, [(r, 1.0) for r in study.long_runs()]))
     elif c.long_epochs:  # B's arms not chosen yet: the image-view cost of its arms
         seconds = (c.confirm + 1) * costs.run_seconds(Cell(backbone, "crop"), c.long_epochs)
         out["L"] = StagePlan(c.confirm + 1, seconds, seconds * 1.3)

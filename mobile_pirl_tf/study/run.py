@@ -45,8 +45,7 @@ def build(config, base, log=print, footprints=True):
     footprint = None
     if footprints:
         def footprint(backbone):
-            return backbone_footprint(backbone, base.image_size, source,
-                                      os.path.join(config.output_dir, "footprints"),
+            return backbone_footprint(backbone, base.image_size, source, config.output_dir,
                                       config.phone_results, log)
     study = Study(config, runner, costs, budget, footprint, trials.record, log)
     return study, source, trials

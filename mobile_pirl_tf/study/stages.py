@@ -295,7 +295,11 @@ class Study:
     def long_check(self):
         if not self.c.long_epochs or not self.state.study_backbone:
             return
-        self.run_all("B", "long", [Run(c, 1, self.c.long_epochs) for c in self.arms("B")])
+        self.run_all("B", "long", self.long_runs())
+
+    def long_runs(self):
+        """The rank check's runs: B's confirmed arms at --long_epochs, seed 1."""
+        return [Run(cell, 1, self.c.long_epochs) for cell in self.arms("B")]
 
     def run(self):
         """Runs (or continues) every stage; a stage cut by the budget stops the study with
